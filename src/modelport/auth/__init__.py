@@ -1,0 +1,1 @@
+"""Authentication: tokens, password hashing, the platform secret key."""

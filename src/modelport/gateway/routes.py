@@ -1,0 +1,50 @@
+"""The route table: the gateway's read-only snapshot of where each service's traffic may go.
+
+The orchestrator builds a new `RouteTable` whenever an instance becomes ready or leaves, and
+hands it to the gateway, which swaps it in atomically. The gateway never reads the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    instance_id: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRoute:
+    """One config of a service: a model version, its traffic weight and its ready instances."""
+
+    config_id: str
+    model_id: str
+    model_name: str
+    model_version: str
+    weight: int
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRoute:
+    service_id: str
+    project_id: str
+    status: str  # service status; only running/concerning/deploying with endpoints take traffic
+    versions: tuple[VersionRoute, ...]
+    max_body_bytes: int | None = None  # None: gateway default
+    timeout_s: float | None = None  # None: gateway default
+    auth_required: bool = True
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    revision: int = 0
+    services: Mapping[str, ServiceRoute] = field(default_factory=lambda: MappingProxyType({}))
+
+    def get(self, service_id: str) -> ServiceRoute | None:
+        return self.services.get(service_id)

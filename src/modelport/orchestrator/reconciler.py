@@ -1,0 +1,625 @@
+"""The reconcile loop: desired service configs in the store → instances through the backend.
+
+Level-triggered: every tick reads what the store wants and what runs, and closes the gap one
+safe step at a time (start, probe, restart with back-off, roll, drain, stop). Everything it must
+remember across its own restart is in the store (instances carry their backend handle); the
+in-memory state here (probe counters, stop tasks) is rebuilt from scratch after a restart.
+
+It runs on its own thread and event loop so that store I/O never stalls the gateway; it talks to
+the gateway only through `post`, which runs a call on the gateway's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from modelport.backends.base import Backend, InstanceHandle, InstanceSpec
+from modelport.orchestrator.probes import Prober, ProbeResult
+from modelport.orchestrator.status import LIVE, InstanceView, service_state
+from modelport.packages import HealthConfig, ModelPackage, load_package
+from modelport.settings import Settings
+from modelport.store.db import Store
+from modelport.store.events import add_event
+from modelport.store.tables import Event, Instance, Model, Service
+from modelport.timeutil import now_ms
+
+log = logging.getLogger("modelport.orchestrator")
+
+# An instance that never became ready gets this many starts before it is declared failed.
+_FIRST_START_ATTEMPTS = 3
+_LOG_LINES_IN_ERRORS = 12
+
+
+@dataclass
+class _Probe:
+    failures: int = 0
+    next_at: float = 0.0
+
+
+@dataclass
+class Gateway:
+    """What the orchestrator needs of the gateway, called on the gateway's loop through `post`."""
+
+    set_routes: Callable[[Any], None]
+    endpoint_down: Callable[[str], None]
+    inflight: Callable[[str], int]
+    take_stats: Callable[[], dict[str, tuple[int, int]]]
+    post: Callable[..., None] = field(default=lambda fn, *a: fn(*a))
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, store: Store, backend: Backend, gateway: Gateway) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.gateway = gateway
+        self._probes: dict[str, _Probe] = {}
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._packages: dict[str, ModelPackage] = {}
+        self._routes_sig: object = None
+        self._route_revision = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_requested = False
+        self._stop_instances_on_exit = True
+        self._last_stats = 0.0
+        self._ticks = 0
+        self.ready = threading.Event()
+
+    # ---- thread lifecycle -------------------------------------------------------------
+    def start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="modelport-orchestrator", daemon=True)
+        self._thread.start()
+        self.ready.wait(30)
+
+    def stop_thread(self, stop_instances: bool = True, timeout: float = 120.0) -> None:
+        self._stop_instances_on_exit = stop_instances
+        self._stop_requested = True
+        self.wake()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Reconcile now instead of at the next tick (after an API change)."""
+        if self._loop and self._wake and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:
+                pass
+
+    def _thread_main(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.prober = Prober()
+        try:
+            await asyncio.to_thread(self._recover)
+            self.ready.set()
+            while not self._stop_requested:
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("reconcile tick failed; retrying")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+            await self._shutdown()
+        finally:
+            self.ready.set()
+            await self.prober.aclose()
+
+    # ---- recovery and shutdown ---------------------------------------------------------
+    def _recover(self) -> None:
+        """After a (re)start: re-adopt live instances that are still ours, mark the rest for restart."""
+        with self.store.session() as s:
+            for inst in s.scalars(select(Instance).where(Instance.status.in_(LIVE))):
+                handle = InstanceHandle.from_dict(inst.handle) if inst.handle else None
+                if handle and self.backend.adopt(handle):
+                    log.info("re-adopted instance %s (pid %s)", inst.id, handle.pid)
+                    if inst.status == "draining":
+                        inst.status = "ready"  # the drain decision is taken again this tick
+                    continue
+                if inst.status == "draining":
+                    inst.status = "stopped"
+                else:
+                    inst.status, inst.handle, inst.next_start_at = "crashed", None, now_ms()
+                    inst.message = "the platform restarted and the instance was gone; starting it again"
+            for svc in s.scalars(select(Service).where(Service.desired == "running")):
+                live = s.scalar(
+                    select(Instance.id).where(Instance.service_id == svc.id, Instance.status == "ready")
+                )
+                if not live and svc.status in ("running", "concerning"):
+                    svc.status, svc.progress = "deploying", 0
+
+    async def _shutdown(self) -> None:
+        for task in list(self._stopping.values()):
+            task.cancel()
+        if not self._stop_instances_on_exit:
+            return
+        with self.store.session() as s:
+            live = list(s.scalars(select(Instance).where(Instance.status.in_(LIVE))))
+            handles = [(i.id, InstanceHandle.from_dict(i.handle)) for i in live if i.handle]
+        grace = 10.0
+        await asyncio.gather(*(self.backend.stop(h, grace) for _id, h in handles), return_exceptions=True)
+        with self.store.session() as s:
+            for inst in s.scalars(select(Instance).where(Instance.status.in_(LIVE))):
+                inst.status, inst.message = "stopped", "stopped with the platform"
+
+    # ---- the tick ----------------------------------------------------------------------
+    async def tick(self) -> None:
+        self._ticks += 1
+        starts: list[tuple[str, InstanceSpec]] = []
+        probes: list[tuple[str, InstanceHandle, HealthConfig, bool]] = []
+        drains: list[tuple[str, InstanceHandle | None, float]] = []
+        with self.store.session() as s:
+            services = list(s.scalars(select(Service)))
+            by_service: dict[str, list[Instance]] = {}
+            for inst in s.scalars(select(Instance)):
+                by_service.setdefault(inst.service_id, []).append(inst)
+            for svc in services:
+                insts = by_service.setdefault(svc.id, [])
+                self._watch_processes(s, svc, insts)
+                self._plan(s, svc, insts, starts, drains)
+                self._collect_probes(s, svc, insts, probes)
+                self._update_status(s, svc, insts)
+            self._publish_routes(services, by_service)
+            self._flush_stats(s)
+        # Act outside the session: starting and probing take real time.
+        for instance_id, handle, grace in drains:
+            if instance_id not in self._stopping:
+                self._stopping[instance_id] = asyncio.create_task(self._drain(instance_id, handle, grace))
+        if starts:
+            await asyncio.gather(*(self._start(iid, spec) for iid, spec in starts))
+        if probes:
+            await asyncio.gather(*(self._probe(*p) for p in probes))
+        if self._ticks % 20 == 0:
+            await asyncio.to_thread(self._maintain_logs)
+
+    # Instances whose process died while we thought it alive.
+    def _watch_processes(self, s: Session, svc: Service, insts: list[Instance]) -> None:
+        for inst in insts:
+            if inst.status not in ("starting", "ready", "notReady") or not inst.handle:
+                continue
+            handle = InstanceHandle.from_dict(inst.handle)
+            state = self.backend.poll(handle)
+            if state.running:
+                continue
+            if inst.status == "ready":
+                self.gateway.post(self.gateway.endpoint_down, inst.id)
+            self._crashed(s, svc, inst, handle, state.exit_code, state.detail or "exited")
+
+    def _crashed(
+        self,
+        s: Session,
+        svc: Service,
+        inst: Instance,
+        handle: InstanceHandle | None,
+        code: int | None,
+        how: str,
+    ) -> None:
+        tail = self._log_tail(handle)
+        never_ready = inst.ready_at is None
+        inst.start_failures += 1
+        inst.exit_code = code
+        inst.handle = None
+        self._probes.pop(inst.id, None)
+        where = "before becoming ready" if never_ready else "while serving"
+        msg = f"Instance {inst.id} {how} (exit code {code}) {where}."
+        if tail:
+            msg += " Last log lines:\n" + tail
+        inst.message = msg
+        limit = _FIRST_START_ATTEMPTS if never_ready else self.settings.restart_limit
+        if inst.start_failures >= limit:
+            inst.status = "failed"
+            add_event(
+                s,
+                svc.id,
+                svc.project_id,
+                f"{msg} Gave up after {inst.start_failures} attempts.",
+                abnormal=True,
+            )
+            return
+        delay = min(
+            self.settings.restart_backoff_max_s,
+            self.settings.restart_backoff_s * 2 ** (inst.start_failures - 1),
+        )
+        inst.status = "crashed"
+        inst.next_start_at = now_ms() + int(delay * 1000)
+        add_event(s, svc.id, svc.project_id, f"{msg} Restarting in {delay:g} s.", abnormal=True)
+
+    def _log_tail(self, handle: InstanceHandle | None) -> str:
+        if handle is None:
+            return ""
+        try:
+            lines = list(self.backend.read_logs(handle, tail=_LOG_LINES_IN_ERRORS))
+        except OSError:
+            return ""
+        return "\n".join(line.rstrip("\n") for line in lines)
+
+    def _plan(
+        self,
+        s: Session,
+        svc: Service,
+        insts: list[Instance],
+        starts: list[tuple[str, InstanceSpec]],
+        drains: list[tuple[str, InstanceHandle | None, float]],
+    ) -> None:
+        """Decide which instances to create, start again, or drain for this service."""
+        live = [i for i in insts if i.status in LIVE and i.status != "draining"]
+        if svc.desired in ("stopped", "deleted"):
+            for inst in live:
+                self._mark_drain(s, svc, inst, drains, "the service is stopping")
+            if svc.desired == "deleted" and not any(i.status in LIVE for i in insts):
+                s.execute(delete(Event).where(Event.service_id == svc.id))
+                s.execute(delete(Instance).where(Instance.service_id == svc.id))
+                s.delete(svc)
+            return
+        if svc.due_time and now_ms() >= svc.due_time:
+            svc.desired, svc.due_time = "stopped", None
+            add_event(
+                s,
+                svc.id,
+                svc.project_id,
+                f"Service {svc.name} stopped because its auto-stop time was reached.",
+            )
+            return
+        now = now_ms()
+        for slot, cfg in enumerate(svc.config):
+            mine = [i for i in live if i.slot == slot]
+            cur = [i for i in mine if i.revision == cfg["revision"]]
+            old = [i for i in mine if i.revision != cfg["revision"]]
+            failed_cur = [
+                i for i in insts if i.slot == slot and i.revision == cfg["revision"] and i.status == "failed"
+            ]
+            want = cfg["instance_count"]
+            props = cfg.get("additional_properties") or {}
+            surge = _count(props.get("max_surge", 1), want, at_least=1)
+            # Scale down within the current revision: the least useful instances go first.
+            surplus = len(cur) + len(failed_cur) - want
+            for inst in failed_cur[: max(0, surplus)]:
+                inst.status = "stopped"
+                surplus -= 1
+            if surplus > 0:
+                order = {"crashed": 0, "starting": 1, "notReady": 2, "ready": 3}
+                for inst in sorted(cur, key=lambda i: order.get(i.status, 0))[:surplus]:
+                    self._mark_drain(s, svc, inst, drains, "scaling in")
+                cur = [i for i in cur if i.status != "draining"]
+            # Start what is missing, keeping at most want + surge processes while old ones remain.
+            missing = want - len(cur) - len(failed_cur)
+            room = want + surge - len(cur) - len(old) if old else missing
+            for _ in range(max(0, min(missing, room))):
+                inst = self._new_instance(s, svc, slot, cfg)
+                cur.append(inst)
+                insts.append(inst)
+            # Old revision: drain one per ready new instance beyond what keeps capacity at `want`.
+            ready_cur = sum(1 for i in cur if i.status == "ready")
+            excess = ready_cur + len(old) - want
+            for inst in sorted(old, key=lambda i: i.status == "ready")[: max(0, excess)]:
+                self._mark_drain(s, svc, inst, drains, f"replaced by revision {cfg['revision']}")
+            # Instances waiting for their (re)start.
+            for inst in cur:
+                if inst.status == "crashed" and (inst.next_start_at or 0) <= now:
+                    spec = self._spec(s, svc, inst, cfg)
+                    if spec is not None:
+                        inst.status = "starting"
+                        starts.append((inst.id, spec))
+                elif inst.status == "starting" and inst.handle is None and inst.id not in self._stopping:
+                    spec = self._spec(s, svc, inst, cfg)
+                    if spec is not None:
+                        starts.append((inst.id, spec))
+        for inst in live:
+            if inst.slot >= len(svc.config) and inst.status != "draining":
+                self._mark_drain(s, svc, inst, drains, "its config was removed")
+
+    def _new_instance(self, s: Session, svc: Service, slot: int, cfg: dict[str, Any]) -> Instance:
+        inst = Instance(
+            id=f"{svc.name[:20]}-{uuid.uuid4().hex[:8]}",
+            service_id=svc.id,
+            slot=slot,
+            revision=cfg["revision"],
+            model_id=cfg["model_id"],
+            status="starting",
+            restarts=0,
+            start_failures=0,
+            created_at=now_ms(),
+        )
+        s.add(inst)
+        s.flush()
+        return inst
+
+    def _mark_drain(
+        self,
+        s: Session,
+        svc: Service,
+        inst: Instance,
+        drains: list[tuple[str, InstanceHandle | None, float]],
+        why: str,
+    ) -> None:
+        handle = InstanceHandle.from_dict(inst.handle) if inst.handle else None
+        inst.status = "draining" if handle else "stopped"
+        if handle:
+            cfg = svc.config[inst.slot] if inst.slot < len(svc.config) else {}
+            props = cfg.get("additional_properties") or {}
+            grace = float(min(90, max(1, int(props.get("termination_grace_period_seconds", 60)))))
+            drains.append((inst.id, handle, grace))
+            add_event(s, svc.id, svc.project_id, f"Instance {inst.id} is draining: {why}.")
+
+    def _spec(self, s: Session, svc: Service, inst: Instance, cfg: dict[str, Any]) -> InstanceSpec | None:
+        model = s.get(Model, inst.model_id)
+        if model is None or not model.store_path:
+            inst.status, inst.message = "failed", f"Model {inst.model_id} is gone from the model store."
+            return None
+        pkg = self._packages.get(model.id)
+        if pkg is None:
+            try:
+                pkg = load_package(Path(model.store_path))
+            except Exception as exc:  # the package was valid at import; report whatever broke it since
+                inst.status, inst.message = "failed", f"Model package unreadable: {exc}"
+                return None
+            self._packages[model.id] = pkg
+        props = cfg.get("additional_properties") or {}
+        grace = min(90, int(props.get("termination_grace_period_seconds", 60)))
+        env = {**pkg.instance_env(), **(cfg.get("envs") or {}), "MODELPORT_GRACE_S": str(grace)}
+        return InstanceSpec(
+            instance_id=inst.id,
+            argv=pkg.instance_argv(),
+            env=env,
+            cwd=str(pkg.model_dir),
+            log_dir=self.settings.logs_dir / svc.id,
+            host=self.settings.instance_host,
+        )
+
+    async def _start(self, instance_id: str, spec: InstanceSpec) -> None:
+        try:
+            handle = await self.backend.start(spec)
+        except Exception as exc:
+            log.exception("starting %s failed", instance_id)
+            await asyncio.to_thread(self._record_start_error, instance_id, str(exc))
+            return
+        await asyncio.to_thread(self._record_started, instance_id, handle)
+
+    def _record_started(self, instance_id: str, handle: InstanceHandle) -> None:
+        with self.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            if inst is None or inst.status != "starting":
+                # Deleted or drained while starting: don't leak the process.
+                asyncio.run_coroutine_threadsafe(self.backend.stop(handle, 5), self._loop)  # type: ignore[arg-type]
+                return
+            svc = s.get(Service, inst.service_id)
+            if inst.started_at is not None:
+                inst.restarts += 1
+            inst.handle, inst.started_at, inst.exit_code = handle.to_dict(), now_ms(), None
+            self._probes[inst.id] = _Probe()
+            if svc:
+                add_event(
+                    s,
+                    svc.id,
+                    svc.project_id,
+                    f"Instance {inst.id} started (pid {handle.pid}, port {handle.port}).",
+                )
+
+    def _record_start_error(self, instance_id: str, error: str) -> None:
+        with self.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            svc = s.get(Service, inst.service_id) if inst else None
+            if inst and svc:
+                self._crashed(s, svc, inst, None, None, f"could not be started ({error})")
+
+    def _collect_probes(
+        self,
+        s: Session,
+        svc: Service,
+        insts: list[Instance],
+        probes: list[tuple[str, InstanceHandle, HealthConfig, bool]],
+    ) -> None:
+        now = time.monotonic()
+        for inst in insts:
+            if inst.status not in ("starting", "ready", "notReady") or not inst.handle:
+                continue
+            pkg = self._packages.get(inst.model_id)
+            health = pkg.health if pkg else HealthConfig()
+            st = self._probes.setdefault(inst.id, _Probe())
+            if inst.status == "starting":
+                cfg = svc.config[inst.slot] if inst.slot < len(svc.config) else {}
+                timeout_s = cfg.get("deploy_timeout_in_seconds") or self.settings.deploy_timeout_s
+                age = (now_ms() - (inst.started_at or now_ms())) / 1000
+                if age > timeout_s:
+                    handle = InstanceHandle.from_dict(inst.handle)
+                    self._crashed(s, svc, inst, handle, None, f"did not become ready within {timeout_s} s")
+                    inst.status = "failed"
+                    asyncio.get_running_loop().create_task(self.backend.stop(handle, 0))
+                    continue
+                if age < health.initial_delay_seconds:
+                    continue
+            elif now < st.next_at:
+                continue
+            probes.append((inst.id, InstanceHandle.from_dict(inst.handle), health, inst.status == "starting"))
+
+    async def _probe(
+        self, instance_id: str, handle: InstanceHandle, health: HealthConfig, starting: bool
+    ) -> None:
+        result = await self.prober.probe(handle.host, handle.port, health)
+        st = self._probes.setdefault(instance_id, _Probe())
+        st.next_at = time.monotonic() + (0 if starting else health.period_seconds)
+        if starting and not result.ok:
+            return  # bounded by the deploy timeout, not the failure threshold
+        st.failures = 0 if result.ok else st.failures + 1
+        await asyncio.to_thread(self._record_probe, instance_id, handle, health, result, st.failures)
+
+    def _record_probe(
+        self,
+        instance_id: str,
+        handle: InstanceHandle,
+        health: HealthConfig,
+        result: ProbeResult,
+        failures: int,
+    ) -> None:
+        with self.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            if inst is None or inst.handle is None or inst.handle.get("pid") != handle.pid:
+                return
+            svc = s.get(Service, inst.service_id)
+            if svc is None:
+                return
+            if result.ok and inst.status != "ready":
+                inst.status, inst.ready_at, inst.start_failures, inst.message = "ready", now_ms(), 0, None
+                add_event(s, svc.id, svc.project_id, f"Instance {inst.id} is ready.")
+            elif not result.ok and inst.status == "ready" and failures >= 1:
+                inst.status = "notReady"
+                inst.message = f"Health check failed: {result.detail}"
+                self.gateway.post(self.gateway.endpoint_down, inst.id)
+                add_event(
+                    s,
+                    svc.id,
+                    svc.project_id,
+                    f"Instance {inst.id} is not ready: {result.detail}.",
+                    abnormal=True,
+                )
+            elif not result.ok and failures >= health.failure_threshold:
+                # Hung or broken for good: replace it (the crash path restarts it with back-off).
+                asyncio.run_coroutine_threadsafe(self.backend.stop(handle, 5), self._loop)  # type: ignore[arg-type]
+                self._crashed(
+                    s, svc, inst, handle, None, f"failed {failures} health checks ({result.detail})"
+                )
+            elif result.ok and inst.status == "notReady":
+                inst.status, inst.message = "ready", None
+                add_event(s, svc.id, svc.project_id, f"Instance {inst.id} is ready again.")
+
+    async def _drain(self, instance_id: str, handle: InstanceHandle | None, grace: float) -> None:
+        """Out of the route table already: wait for in-flight requests, then SIGTERM (kill after grace)."""
+        try:
+            deadline = time.monotonic() + grace
+            while handle and time.monotonic() < deadline and self.gateway.inflight(instance_id) > 0:
+                await asyncio.sleep(0.05)
+            if handle:
+                await self.backend.stop(handle, max(1.0, deadline - time.monotonic()))
+            await asyncio.to_thread(self._record_stopped, instance_id)
+        finally:
+            self._stopping.pop(instance_id, None)
+            self.wake()
+
+    def _record_stopped(self, instance_id: str) -> None:
+        with self.store.session() as s:
+            inst = s.get(Instance, instance_id)
+            if inst is not None:
+                inst.status, inst.handle = "stopped", None
+                svc = s.get(Service, inst.service_id)
+                if svc:
+                    add_event(s, svc.id, svc.project_id, f"Instance {inst.id} stopped.")
+        self._probes.pop(instance_id, None)
+
+    def _update_status(self, s: Session, svc: Service, insts: list[Instance]) -> None:
+        if svc not in s:  # deleted this tick
+            return
+        wanted = [(c["revision"], c["instance_count"]) for c in svc.config]
+        views = [InstanceView(i.slot, i.revision, i.status, i.message) for i in insts]
+        state = service_state(svc.status, svc.desired, wanted, views)
+        if state.status != svc.status:
+            old = svc.status
+            svc.status, svc.transition_at = state.status, now_ms()
+            abnormal = state.status in ("failed", "concerning")
+            reason = f": {state.error_msg}" if state.error_msg and abnormal else ""
+            add_event(
+                s,
+                svc.id,
+                svc.project_id,
+                f"Service {svc.name} is {state.status} (was {old}){reason}.",
+                abnormal=abnormal,
+            )
+        svc.progress = state.progress
+        if state.error_msg != svc.error_msg and (state.error_msg or state.status in ("running", "stopped")):
+            svc.error_msg = state.error_msg
+
+    def _publish_routes(self, services: list[Service], by_service: dict[str, list[Instance]]) -> None:
+        from modelport.gateway.routes import Endpoint, RouteTable, ServiceRoute, VersionRoute
+
+        models: dict[str, tuple[str, str]] = {}
+        routes = {}
+        for svc in services:
+            if svc.desired == "deleted":
+                continue
+            ready = [i for i in by_service.get(svc.id, []) if i.status == "ready" and i.handle]
+            versions = []
+            for slot, cfg in enumerate(svc.config):
+                in_slot = [i for i in ready if i.slot == slot]
+                by_model: dict[str, list[Instance]] = {}
+                for inst in in_slot:
+                    by_model.setdefault(inst.model_id, []).append(inst)
+                for model_id, group in by_model.items():
+                    if model_id not in models:
+                        models[model_id] = self._model_label(model_id)
+                    name, version = models[model_id]
+                    # During a roll a slot holds two versions: its weight is shared by instance count.
+                    weight = round(int(cfg["weight"]) * 100 * len(group) / len(in_slot))
+                    endpoints = tuple(
+                        Endpoint(i.id, i.handle["host"], i.handle["port"])
+                        for i in sorted(group, key=lambda i: i.id)  # type: ignore[index]
+                    )
+                    versions.append(
+                        VersionRoute(f"{slot}:{model_id}", model_id, name, version, weight, endpoints)
+                    )
+            routes[svc.id] = ServiceRoute(svc.id, svc.project_id, svc.status, tuple(versions))
+        sig = tuple(sorted((k, v.status, v.versions) for k, v in routes.items()))
+        if sig != self._routes_sig:
+            self._routes_sig = sig
+            self._route_revision += 1
+            from types import MappingProxyType
+
+            table = RouteTable(self._route_revision, MappingProxyType(routes))
+            self.gateway.post(self.gateway.set_routes, table)
+
+    def _model_label(self, model_id: str) -> tuple[str, str]:
+        with self.store.session() as s:
+            m = s.get(Model, model_id)
+            return (m.name, m.version) if m else ("?", "?")
+
+    def _flush_stats(self, s: Session) -> None:
+        now = time.monotonic()
+        if now - self._last_stats < 2.0:
+            return
+        self._last_stats = now
+        stats = self.gateway.take_stats()
+        for service_id, (calls, failures) in stats.items():
+            svc = s.get(Service, service_id)
+            if svc is not None:
+                svc.invocation_times += calls
+                svc.failed_times += failures
+
+    def _maintain_logs(self) -> None:
+        with self.store.session() as s:
+            handles = [
+                InstanceHandle.from_dict(i.handle)
+                for i in s.scalars(select(Instance).where(Instance.status.in_(LIVE)))
+                if i.handle
+            ]
+        for h in handles:
+            try:
+                self.backend.maintain(h)
+            except OSError:
+                log.warning("log rotation failed for %s", h.instance_id)
+
+
+def _count(value: Any, total: int, at_least: int) -> int:
+    """max_surge / max_unavailable: < 1 is a fraction of the instances, otherwise a count (spec §1.2)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return at_least
+    n = int(v * total + 0.999) if 0 < v < 1 else int(v)
+    return max(at_least, n)

@@ -1,0 +1,165 @@
+"""The platform in one process: store, control plane, gateway and orchestrator wired together.
+
+`modelport up` serves `Platform.asgi` with uvicorn: paths under `/v1/infers/` go to the gateway,
+everything else to the management API. The orchestrator runs on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from modelport.auth.passwords import hash_password
+from modelport.auth.tokens import TokenService, load_or_create_secret
+from modelport.backends.local import LocalBackend
+from modelport.control.app import create_app
+from modelport.gateway.app import Gateway
+from modelport.orchestrator.reconciler import Gateway as GatewayPort
+from modelport.orchestrator.reconciler import Orchestrator
+from modelport.settings import Settings
+from modelport.store.db import Store
+from modelport.store.tables import Membership, Project, User
+from modelport.timeutil import now_ms
+
+log = logging.getLogger("modelport")
+
+ADMIN_USER = "admin"
+DEFAULT_PROJECT = "default"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    api_url: str
+    project_id: str
+    username: str
+    password: str | None
+
+
+def bootstrap(store: Store, settings: Settings, api_url: str) -> Credentials:
+    """First start: create the admin user and a project, and write credentials.json (mode 0600)."""
+    path = settings.credentials_file
+    with store.session() as s:
+        user = s.scalar(select(User).where(User.name == ADMIN_USER))
+        project = s.scalar(select(Project).where(Project.name == DEFAULT_PROJECT))
+        if user is not None and project is not None and path.exists():
+            data = json.loads(path.read_text())
+            if data.get("api_url") != api_url:
+                data["api_url"] = api_url
+                _write_private(path, data)
+            return Credentials(api_url, project.id, user.name, data.get("password"))
+        password = secrets.token_urlsafe(18)
+        if project is None:
+            project = Project(id=uuid.uuid4().hex, name=DEFAULT_PROJECT, created_at=now_ms())
+            s.add(project)
+        if user is None:
+            user = User(id=uuid.uuid4().hex, name=ADMIN_USER, password_hash=hash_password(password), created_at=now_ms())
+            s.add(user)
+            s.flush()
+            s.add(Membership(user_id=user.id, project_id=project.id, role="admin"))
+        else:  # credentials file lost: set a new password so the file is right again
+            user.password_hash = hash_password(password)
+        creds = Credentials(api_url, project.id, user.name, password)
+    _write_private(
+        path, {"api_url": api_url, "project_id": creds.project_id, "username": creds.username, "password": password}
+    )
+    return creds
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+
+
+class Platform:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(settings.db_url)
+        self.store.migrate()
+        self.tokens = TokenService(load_or_create_secret(settings.secret_key_file), settings.token_ttl_s)
+        with self.store.session() as s:
+            self.tokens.set_valid_after({u.id: u.tokens_valid_after for u in s.scalars(select(User))})
+        self.gateway = Gateway(self.tokens, max_body_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s)
+        self.backend = LocalBackend(settings.log_max_bytes, settings.log_backups)
+        self.control = create_app(self)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.orchestrator = Orchestrator(
+            settings,
+            self.store,
+            self.backend,
+            GatewayPort(
+                set_routes=self.gateway.set_routes,
+                endpoint_down=self.gateway.endpoint_down,
+                inflight=self.gateway.inflight,
+                take_stats=self._take_stats,
+                post=self._post,
+            ),
+        )
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+        else:
+            fn(*args)
+
+    def _take_stats(self) -> dict[str, tuple[int, int]]:
+        if self._loop is None or self._loop.is_closed():
+            return self.gateway.take_stats()
+
+        async def take() -> dict[str, tuple[int, int]]:
+            return self.gateway.take_stats()
+
+        try:
+            return asyncio.run_coroutine_threadsafe(take(), self._loop).result(timeout=2)
+        except Exception:
+            return {}
+
+    def wake(self) -> None:
+        self.orchestrator.wake()
+
+    async def startup(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.orchestrator.start_thread)
+
+    async def shutdown(self, stop_instances: bool = True) -> None:
+        await asyncio.to_thread(self.orchestrator.stop_thread, stop_instances)
+        await self.gateway.aclose()
+        self.store.dispose()
+
+    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["path"].startswith("/v1/infers"):
+            await self.gateway(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("platform start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
