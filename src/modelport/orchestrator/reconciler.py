@@ -375,7 +375,7 @@ class Orchestrator:
             self._packages[model.id] = pkg
         props = cfg.get("additional_properties") or {}
         grace = min(90, int(props.get("termination_grace_period_seconds", 60)))
-        env = {**pkg.instance_env(), **(cfg.get("envs") or {}), "MODELPORT_GRACE_S": str(grace)}
+        env = {"PYTHONUNBUFFERED": "1", **pkg.instance_env(), **(cfg.get("envs") or {}), "MODELPORT_GRACE_S": str(grace)}
         return InstanceSpec(
             instance_id=inst.id,
             argv=pkg.instance_argv(),
