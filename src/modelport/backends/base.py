@@ -67,7 +67,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self, handle: InstanceHandle, grace_s: float) -> int | None:
-        """SIGTERM, wait up to `grace_s`, then kill the whole process group. Returns the exit code if known."""
+        """SIGTERM, wait up to `grace_s`, then kill the process group. Returns the exit code if known."""
 
     @abc.abstractmethod
     def poll(self, handle: InstanceHandle) -> ProcessState:

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -211,13 +212,26 @@ class LocalBackend(Backend):
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             raise StartError(f"cannot open log file {log_path}: {exc.strerror or exc}") from exc
+        program = spec.argv[0]
+        if os.sep not in program and shutil.which(program) is None:
+            os.close(fd)
+            raise StartError(f"cannot start {program!r}: not found on PATH")
+        if os.sep in program and not os.access(Path(spec.cwd, program), os.X_OK):
+            os.close(fd)
+            raise StartError(f"cannot start {program!r} in {spec.cwd!r}: not an executable file")
+        shim = [
+            sys.executable, "-m", "modelport.backends.logshim",
+            "--log", str(log_path), "--max-bytes", str(self.log_max_bytes), "--backups", str(self.log_backups),
+            "--", *spec.argv,
+        ]  # fmt: skip
         try:
+            # The shim writes the instance's output to the log; its own last words, if it dies, too.
             proc = subprocess.Popen(
-                spec.argv,
+                shim,
                 cwd=spec.cwd,
                 env=_child_env(spec, port),
                 stdin=subprocess.DEVNULL,
-                stdout=fd,
+                stdout=subprocess.DEVNULL,
                 stderr=fd,
                 start_new_session=True,
             )
@@ -395,35 +409,3 @@ class LocalBackend(Backend):
         else:
             yield from _tail_lines(paths, tail)
 
-    def maintain(self, handle: InstanceHandle) -> None:
-        """Rotate the log once it is over `log_max_bytes`, "copytruncate" style.
-
-        The child holds the file open with O_APPEND, so we cannot rename it away: we copy it to
-        `.log.1` and truncate it in place, and the child's next write lands at offset 0. Bytes
-        the child writes between the end of the copy and the truncate are lost. We accept that:
-        the alternative, piping output through the control plane, would tie every instance's
-        life to the control plane's, and instances must outlive it.
-        """
-        self._reap_all()
-        current = Path(handle.log_path)
-        try:
-            size = current.stat().st_size
-        except FileNotFoundError:
-            return
-        if size > self.log_max_bytes:
-            self._rotate(current)
-
-    def _rotate(self, current: Path) -> None:
-        n = self.log_backups + 1
-        while (stale := _backup_path(current, n)).exists():  # left over from a larger log_backups
-            stale.unlink()
-            n += 1
-        if self.log_backups > 0:
-            for n in range(self.log_backups - 1, 0, -1):
-                older = _backup_path(current, n)
-                if older.exists():
-                    older.replace(_backup_path(current, n + 1))
-            with current.open("rb") as src, _backup_path(current, 1).open("wb") as dst:
-                # Copies until EOF, so the loss window is only from that last read to the truncate.
-                shutil.copyfileobj(src, dst, _COPY_BLOCK)
-        os.truncate(current, 0)
