@@ -1,7 +1,7 @@
 """Python SDK: the management API and the gateway, over HTTP, with token handling.
 
-    client = Client.from_credentials()          # reads $MODELPORT_HOME/credentials.json
-    model_id = client.import_model("digits", "1.0.0", "Scikit_Learn", "examples/digits/build/digits-1.0.0")
+client = Client.from_credentials()          # reads $MODELPORT_HOME/credentials.json
+model_id = client.import_model("digits", "1.0.0", "Scikit_Learn", "examples/digits/build/digits-1.0.0")
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,17 @@ class Client:
         path = path or get_settings().credentials_file
         if not path.exists():
             raise ApiError(
-                0, "MP.0001", f"No credentials at {path}. Start the platform with `modelport up` or set MODELPORT_HOME."
+                0,
+                "MP.0001",
+                f"No credentials at {path}. Start the platform with `modelport up` or set MODELPORT_HOME.",
             )
         data = json.loads(path.read_text())
-        return cls(api_url or os.environ.get("MODELPORT_API_URL") or data["api_url"], data["project_id"], data["username"], data["password"])
+        return cls(
+            api_url or os.environ.get("MODELPORT_API_URL") or data["api_url"],
+            data["project_id"],
+            data["username"],
+            data["password"],
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -71,7 +79,10 @@ class Client:
         if self._token is None or time.time() - self._token_at > 3600:
             body = {
                 "auth": {
-                    "identity": {"methods": ["password"], "password": {"user": {"name": self.username, "password": self._password}}},
+                    "identity": {
+                        "methods": ["password"],
+                        "password": {"user": {"name": self.username, "password": self._password}},
+                    },
                     "scope": {"project": {"id": self.project_id}},
                 }
             }
@@ -87,8 +98,16 @@ class Client:
         return resp.json() if resp.content else {}
 
     # ---- models ----------------------------------------------------------------------
-    def import_model(self, name: str, version: str, model_type: str, source: str | Path, **fields: Any) -> str:
-        body = {"model_name": name, "model_version": version, "model_type": model_type, "source_location": str(source), **fields}
+    def import_model(
+        self, name: str, version: str, model_type: str, source: str | Path, **fields: Any
+    ) -> str:
+        body = {
+            "model_name": name,
+            "model_version": version,
+            "model_type": model_type,
+            "source_location": str(source),
+            **fields,
+        }
         return self._call("POST", "/models", json=body)["model_id"]
 
     def list_models(self, **query: Any) -> dict[str, Any]:
@@ -127,6 +146,29 @@ class Client:
     def events(self, service_id: str, **query: Any) -> dict[str, Any]:
         return self._call("GET", f"/services/{service_id}/events", params=_clean(query))
 
+    def logs(self, service_id: str, **query: Any) -> dict[str, Any]:
+        """Update history (`logs`) and instance output (`instance_logs`): tail, since, instance_id."""
+        return self._call("GET", f"/services/{service_id}/logs", params=_clean(query))
+
+    def follow_logs(self, service_id: str, **query: Any) -> Iterator[dict[str, Any]]:
+        """Instance log lines as they are written (server-sent events), until the caller stops."""
+        headers = {"X-Auth-Token": self.token()}
+        params = {**_clean(query), "follow": "true"}
+        url = f"/v1/{self.project_id}/services/{service_id}/logs"
+        with self.http.stream(
+            "GET", url, params=params, headers=headers, timeout=httpx.Timeout(10, read=None)
+        ) as resp:
+            if not resp.is_success:
+                resp.read()
+                _raise_for(resp)
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if "instance_id" in data:
+                        yield data
+                elif line.startswith("event: end"):
+                    return
+
     def specifications(self) -> dict[str, Any]:
         return self._call("GET", "/services/specifications")
 
@@ -135,10 +177,16 @@ class Client:
         for svc in self.list_services()["services"]:
             if name_or_id in (svc["service_id"], svc["service_name"]):
                 return svc
-        raise ApiError(404, "ModelArts.3502", f"Service {name_or_id} not found. See `modelport service list`.")
+        raise ApiError(
+            404, "ModelArts.3502", f"Service {name_or_id} not found. See `modelport service list`."
+        )
 
     def wait_service(
-        self, service_id: str, until: tuple[str, ...] = ("running", "failed", "concerning", "stopped"), timeout: float = 300.0, on_poll: Any = None
+        self,
+        service_id: str,
+        until: tuple[str, ...] = ("running", "failed", "concerning", "stopped"),
+        timeout: float = 300.0,
+        on_poll: Any = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:

@@ -28,61 +28,127 @@ class E:
     BODY_TOO_LARGE_API = ErrorSpec("MP.0413", 413, "Request body is larger than {limit} bytes.")
     NOT_FOUND = ErrorSpec("MP.0404", 404, "No such path: {method} {path}. See /docs for the API.")
     METHOD_NOT_ALLOWED = ErrorSpec("ModelArts.2803", 405, "Method {method} is not allowed on {path}.")
-    INTERNAL = ErrorSpec("ModelArts.0010", 500, "Internal error ({detail}). Check the platform log; request id {request_id}.")
+    INTERNAL = ErrorSpec(
+        "ModelArts.0010", 500, "Internal error ({detail}). Check the platform log; request id {request_id}."
+    )
 
     # Authentication / authorization (spec §1.13 generic codes)
-    NO_TOKEN = ErrorSpec("ModelArts.0201", 401, "No X-Auth-Token header. Get a token with POST /v3/auth/tokens.")
-    TOKEN_EXPIRED = ErrorSpec("ModelArts.0202", 401, "Token expired. Get a new one with POST /v3/auth/tokens.")
-    TOKEN_INVALID = ErrorSpec("ModelArts.0203", 401, "Token is invalid or revoked. Get a new one with POST /v3/auth/tokens.")
+    NO_TOKEN = ErrorSpec(
+        "ModelArts.0201", 401, "No X-Auth-Token header. Get a token with POST /v3/auth/tokens."
+    )
+    TOKEN_EXPIRED = ErrorSpec(
+        "ModelArts.0202", 401, "Token expired. Get a new one with POST /v3/auth/tokens."
+    )
+    TOKEN_INVALID = ErrorSpec(
+        "ModelArts.0203", 401, "Token is invalid or revoked. Get a new one with POST /v3/auth/tokens."
+    )
     BAD_CREDENTIALS = ErrorSpec("MP.0401", 401, "Wrong user name or password.")
     PROJECT_MISMATCH = ErrorSpec(
-        "ModelArts.0210", 403, "Project {project_id} does not match the project of your token. Use a token scoped to it."
+        "ModelArts.0210",
+        403,
+        "Project {project_id} does not match the project of your token. Use a token scoped to it.",
     )
     FORBIDDEN = ErrorSpec("ModelArts.0108", 403, "Not authorized for {action}.")
 
     # Models (spec §2.4)
-    MODEL_NOT_FOUND = ErrorSpec("ModelArts.3001", 404, "Model {model_id} not found. List models with GET /v1/{{project_id}}/models.")
-    MODEL_EXISTS = ErrorSpec("ModelArts.3002", 409, "Model {name} version {version} already exists. Pick another model_version.")
-    MODEL_IN_USE = ErrorSpec("ModelArts.3009", 400, "Model {model_id} is used by service(s) {services}. Delete or update them first.")
+    MODEL_NOT_FOUND = ErrorSpec(
+        "ModelArts.3001", 404, "Model {model_id} not found. List models with GET /v1/{{project_id}}/models."
+    )
+    MODEL_EXISTS = ErrorSpec(
+        "ModelArts.3002", 409, "Model {name} version {version} already exists. Pick another model_version."
+    )
+    MODEL_IN_USE = ErrorSpec(
+        "ModelArts.3009",
+        400,
+        "Model {model_id} is used by service(s) {services}. Delete or update them first.",
+    )
     MODEL_CONFIG_INVALID = ErrorSpec("ModelArts.3015", 400, "config.json is not to spec: {detail}")
-    MODEL_CONFIG_UNSUPPORTED = ErrorSpec("ModelArts.3016", 400, "config.json has an unsupported value: {detail}")
+    MODEL_CONFIG_UNSUPPORTED = ErrorSpec(
+        "ModelArts.3016", 400, "config.json has an unsupported value: {detail}"
+    )
     MODEL_SOURCE_INVALID = ErrorSpec("ModelArts.3017", 400, "Bad source_location {location}: {detail}")
     MODEL_PARAM_INVALID = ErrorSpec("ModelArts.3037", 400, "Invalid parameter {param}: {detail}")
 
     # Services (spec §1.13)
-    SERVICE_NOT_FOUND = ErrorSpec("ModelArts.3502", 404, "Service {service_id} not found. List services with GET /v1/{{project_id}}/services.")
-    SERVICE_EXISTS = ErrorSpec("ModelArts.3503", 409, "A service named {name} already exists. Pick another service_name.")
-    SERVICE_MODEL_NOT_FOUND = ErrorSpec("ModelArts.3506", 400, "Model {model_id} in config[{index}] not found.")
+    SERVICE_NOT_FOUND = ErrorSpec(
+        "ModelArts.3502",
+        404,
+        "Service {service_id} not found. List services with GET /v1/{{project_id}}/services.",
+    )
+    SERVICE_EXISTS = ErrorSpec(
+        "ModelArts.3503", 409, "A service named {name} already exists. Pick another service_name."
+    )
+    SERVICE_MODEL_NOT_FOUND = ErrorSpec(
+        "ModelArts.3506", 400, "Model {model_id} in config[{index}] not found."
+    )
     MODEL_NOT_PUBLISHED = ErrorSpec(
-        "ModelArts.3515", 400, "Model {model_id} is {status}, not published. Wait for it to be published or import it again."
+        "ModelArts.3515",
+        400,
+        "Model {model_id} is {status}, not published. Wait for it to be published or import it again.",
     )
-    DUPLICATE_MODEL_VERSION = ErrorSpec("ModelArts.3516", 400, "Two configs use the same model version ({model}). Each config needs its own.")
-    STATE_CONFLICT = ErrorSpec("ModelArts.3519", 400, "Service is {status}; {action} is not allowed now. {hint}")
+    DUPLICATE_MODEL_VERSION = ErrorSpec(
+        "ModelArts.3516", 400, "Two configs use the same model version ({model}). Each config needs its own."
+    )
+    STATE_CONFLICT = ErrorSpec(
+        "ModelArts.3519", 400, "Service is {status}; {action} is not allowed now. {hint}"
+    )
     TOO_MANY_INSTANCES = ErrorSpec(
-        "ModelArts.3522", 400, "{requested} instances of {spec} need more than this node has ({detail}). Lower instance_count."
+        "ModelArts.3522",
+        400,
+        "{requested} instances of {spec} need more than this node has ({detail}). Lower instance_count.",
     )
-    NO_SUCH_FLAVOR = ErrorSpec("ModelArts.3976", 400, "Unknown specification {spec}. See GET /v1/{{project_id}}/services/specifications.")
-    INFER_TYPE_UNSUPPORTED = ErrorSpec("ModelArts.3518", 400, "infer_type {infer_type} is not supported yet. Use real-time.")
-    MODEL_TYPE_MISMATCH = ErrorSpec("ModelArts.3589", 400, "Model {model_id} cannot be deployed as a {infer_type} service.")
-    WEIGHTS_INVALID = ErrorSpec("MP.3001", 400, "Weights must be integers 0-100 summing to 100; got {weights}.")
+    NO_SUCH_FLAVOR = ErrorSpec(
+        "ModelArts.3976",
+        400,
+        "Unknown specification {spec}. See GET /v1/{{project_id}}/services/specifications.",
+    )
+    INFER_TYPE_UNSUPPORTED = ErrorSpec(
+        "ModelArts.3518", 400, "infer_type {infer_type} is not supported yet. Use real-time."
+    )
+    MODEL_TYPE_MISMATCH = ErrorSpec(
+        "ModelArts.3589", 400, "Model {model_id} cannot be deployed as a {infer_type} service."
+    )
+    WEIGHTS_INVALID = ErrorSpec(
+        "MP.3001", 400, "Weights must be integers 0-100 summing to 100; got {weights}."
+    )
 
     # Gateway / dispatcher (spec §5.5)
-    GW_SERVICE_NOT_FOUND = ErrorSpec("ModelArts.4201", 404, "No service {service_id} behind this address. Check the URL.")
-    GW_NO_SERVICE_ID = ErrorSpec("ModelArts.4201", 400, "URL has no service id. Call /v1/infers/{{service_id}}.")
+    GW_SERVICE_NOT_FOUND = ErrorSpec(
+        "ModelArts.4201", 404, "No service {service_id} behind this address. Check the URL."
+    )
+    GW_NO_SERVICE_ID = ErrorSpec(
+        "ModelArts.4201", 400, "URL has no service id. Call /v1/infers/{{service_id}}."
+    )
     GW_NOT_RUNNING = ErrorSpec("ModelArts.4203", 503, "Service {service_id} is {status}; start it and retry.")
-    GW_NO_INSTANCE = ErrorSpec("ModelArts.4302", 503, "Service {service_id} has no ready instance right now; retry shortly.")
-    GW_UPSTREAM_FAILED = ErrorSpec("ModelArts.4503", 502, "The model instance could not be reached ({detail}); retry, or check the service's events and logs.")
+    GW_NO_INSTANCE = ErrorSpec(
+        "ModelArts.4302", 503, "Service {service_id} has no ready instance right now; retry shortly."
+    )
+    GW_UPSTREAM_FAILED = ErrorSpec(
+        "ModelArts.4503",
+        502,
+        "The model instance could not be reached ({detail}); retry, or check the service's events and logs.",
+    )
     GW_TIMEOUT = ErrorSpec("ModelArts.4503", 504, "The model did not answer within {timeout} s.")
     GW_BODY_TOO_LARGE = ErrorSpec("ModelArts.4104", 413, "Request body is over the {limit}-byte limit.")
-    GW_STOPPING = ErrorSpec("ModelArts.4700", 503, "The gateway is shutting down; retry on another node or shortly.")
+    GW_STOPPING = ErrorSpec(
+        "ModelArts.4700", 503, "The gateway is shutting down; retry on another node or shortly."
+    )
     GW_PROJECT_MISMATCH = ErrorSpec(
-        "ModelArts.0210", 403, "Your token is not scoped to the project of service {service_id}. Use a token of that project."
+        "ModelArts.0210",
+        403,
+        "Your token is not scoped to the project of service {service_id}. Use a token of that project.",
     )
 
     # Instance runtimes (the python handler server answers these itself, before any model code runs)
-    RUNTIME_NO_API = ErrorSpec("MP.4404", 404, "No inference API at {method} {path}. This model serves: {urls}.")
+    RUNTIME_NO_API = ErrorSpec(
+        "MP.4404", 404, "No inference API at {method} {path}. This model serves: {urls}."
+    )
     RUNTIME_NOT_READY = ErrorSpec("MP.4503", 503, "The model is {state}; retry once GET /health answers 200.")
-    BAD_FORM = ErrorSpec("ModelArts.4200", 400, "Malformed multipart/form-data body: {detail}. Send fields like -F images=@file.png.")
+    BAD_FORM = ErrorSpec(
+        "ModelArts.4200",
+        400,
+        "Malformed multipart/form-data body: {detail}. Send fields like -F images=@file.png.",
+    )
 
 
 class PlatformError(Exception):

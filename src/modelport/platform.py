@@ -61,7 +61,12 @@ def bootstrap(store: Store, settings: Settings, api_url: str) -> Credentials:
             project = Project(id=uuid.uuid4().hex, name=DEFAULT_PROJECT, created_at=now_ms())
             s.add(project)
         if user is None:
-            user = User(id=uuid.uuid4().hex, name=ADMIN_USER, password_hash=hash_password(password), created_at=now_ms())
+            user = User(
+                id=uuid.uuid4().hex,
+                name=ADMIN_USER,
+                password_hash=hash_password(password),
+                created_at=now_ms(),
+            )
             s.add(user)
             s.flush()
             s.add(Membership(user_id=user.id, project_id=project.id, role="admin"))
@@ -69,7 +74,13 @@ def bootstrap(store: Store, settings: Settings, api_url: str) -> Credentials:
             user.password_hash = hash_password(password)
         creds = Credentials(api_url, project.id, user.name, password)
     _write_private(
-        path, {"api_url": api_url, "project_id": creds.project_id, "username": creds.username, "password": password}
+        path,
+        {
+            "api_url": api_url,
+            "project_id": creds.project_id,
+            "username": creds.username,
+            "password": password,
+        },
     )
     return creds
 
@@ -92,7 +103,9 @@ class Platform:
         self.tokens = TokenService(load_or_create_secret(settings.secret_key_file), settings.token_ttl_s)
         with self.store.session() as s:
             self.tokens.set_valid_after({u.id: u.tokens_valid_after for u in s.scalars(select(User))})
-        self.gateway = Gateway(self.tokens, max_body_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s)
+        self.gateway = Gateway(
+            self.tokens, max_body_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s
+        )
         self.backend = LocalBackend(settings.log_max_bytes, settings.log_backups)
         self.control = create_app(self)
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     # Instance log files: size before rotation and how many rotated files to keep.
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
+    # Logs (and rows) of instances that are gone stay readable this long.
+    log_retention_hours: float = 72.0
     # Crash restarts: first delay, cap, and how many restarts in a row before giving up.
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 60.0

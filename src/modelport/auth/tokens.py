@@ -60,11 +60,20 @@ class TokenService:
         self._valid_after: dict[str, float] = {}
         self._cache: dict[str, TokenClaims] = {}
 
-    def issue(self, user_id: str, user_name: str, project_id: str, now: float | None = None) -> tuple[str, TokenClaims]:
+    def issue(
+        self, user_id: str, user_name: str, project_id: str, now: float | None = None
+    ) -> tuple[str, TokenClaims]:
         now = time.time() if now is None else now
         claims = TokenClaims(user_id, user_name, project_id, now, now + self.ttl_s)
         payload = json.dumps(
-            {"u": user_id, "n": user_name, "p": project_id, "iat": now, "exp": claims.expires_at, "j": secrets.token_hex(8)},
+            {
+                "u": user_id,
+                "n": user_name,
+                "p": project_id,
+                "iat": now,
+                "exp": claims.expires_at,
+                "j": secrets.token_hex(8),
+            },
             separators=(",", ":"),
         ).encode()
         body = _b64(payload)

@@ -165,3 +165,53 @@ def _restore_and_die_with_parent() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class LogFollower:
+    """Reads what is appended to a shim log file from now on, across renames by the shim's rotation."""
+
+    def __init__(self, path: Path, from_start: bool = False) -> None:
+        self.path = path
+        self._ino, self._offset = (None, 0) if from_start else self._stat()
+        self._partial = b""
+
+    def _stat(self) -> tuple[int | None, int]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None, 0
+        return st.st_ino, st.st_size
+
+    def _read_from(self, path: Path, offset: int) -> tuple[bytes, int]:
+        try:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return b"", offset
+        return data, offset + len(data)
+
+    def poll(self) -> list[str]:
+        """Complete new lines since the last call, oldest first."""
+        ino, size = self._stat()
+        data = b""
+        if ino != self._ino and self._ino is not None:
+            # Rotated: finish the renamed file (now .1), then start the new one from its beginning.
+            rotated = self.path.with_name(f"{self.path.name}.1")
+            try:
+                if rotated.stat().st_ino == self._ino:
+                    data, _ = self._read_from(rotated, self._offset)
+            except FileNotFoundError:
+                pass
+            self._ino, self._offset = ino, 0
+        elif self._ino is None:
+            self._ino, self._offset = ino, 0
+        if ino is not None and size >= self._offset:
+            more, self._offset = self._read_from(self.path, self._offset)
+            data += more
+        elif ino is not None:  # truncated by someone else: start over
+            self._offset = 0
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return [line.decode("utf-8", "replace") for line in lines]

@@ -24,11 +24,17 @@ VERSIONS = (("1.0.0", 80), ("2.0.0", 20))
 
 def examples_dir() -> Path:
     """The repository's examples/ (the demo runs from a checkout), or $MODELPORT_EXAMPLES_DIR."""
-    candidates = [os.environ.get("MODELPORT_EXAMPLES_DIR"), Path.cwd() / "examples", Path(__file__).resolve().parents[3] / "examples"]
+    candidates = [
+        os.environ.get("MODELPORT_EXAMPLES_DIR"),
+        Path.cwd() / "examples",
+        Path(__file__).resolve().parents[3] / "examples",
+    ]
     for c in candidates:
         if c and (Path(c) / "digits" / "build.py").exists():
             return Path(c)
-    raise FileNotFoundError("examples/digits not found; run the demo from a modelport checkout or set MODELPORT_EXAMPLES_DIR")
+    raise FileNotFoundError(
+        "examples/digits not found; run the demo from a modelport checkout or set MODELPORT_EXAMPLES_DIR"
+    )
 
 
 def _build(dest: Path) -> dict[str, Path]:
@@ -62,7 +68,9 @@ def _service(c: Client, model_ids: dict[str, str]) -> str:
             if svc["status"] in ("stopped", "failed"):
                 c.update_service(svc["service_id"], {"status": "running"})
             return svc["service_id"]
-    return c.create_service({"service_name": SERVICE, "infer_type": "real-time", "config": config, "description": "digits demo"})
+    return c.create_service(
+        {"service_name": SERVICE, "infer_type": "real-time", "config": config, "description": "digits demo"}
+    )
 
 
 def _png(pixels: Any) -> bytes:

@@ -17,7 +17,9 @@ def import_model(
     source: Path = typer.Argument(..., help="Directory holding model/ (config.json + customize_service.py)."),
     name: str = typer.Option(..., "--name", "-n", help="Model name."),
     version: str = typer.Option("0.0.1", "--version", "-v", help="Model version, N.N.N."),
-    model_type: str | None = typer.Option(None, "--type", "-t", help="model_type; default: read from config.json."),
+    model_type: str | None = typer.Option(
+        None, "--type", "-t", help="model_type; default: read from config.json."
+    ),
     description: str | None = typer.Option(None, "--description"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until published or failed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
@@ -62,14 +64,28 @@ def list_models(
         print_json(data)
         return
     rows = [
-        [m["model_id"], m["model_name"], m["model_version"], m["model_type"], styled(m["model_status"]), m["model_size"], when(m["create_at"])]
+        [
+            m["model_id"],
+            m["model_name"],
+            m["model_version"],
+            m["model_type"],
+            styled(m["model_status"]),
+            m["model_size"],
+            when(m["create_at"]),
+        ]
         for m in data["models"]
     ]
-    table(f"{data['total_count']} model(s)", ["ID", "Name", "Version", "Type", "Status", "Size", "Created"], rows)
+    table(
+        f"{data['total_count']} model(s)",
+        ["ID", "Name", "Version", "Type", "Status", "Size", "Created"],
+        rows,
+    )
 
 
 @app.command("show")
-def show_model(model: str = typer.Argument(..., help="Model id."), as_json: bool = typer.Option(False, "--json")) -> None:
+def show_model(
+    model: str = typer.Argument(..., help="Model id."), as_json: bool = typer.Option(False, "--json")
+) -> None:
     """Show one model."""
     c = client()
     with api_errors():
@@ -77,7 +93,17 @@ def show_model(model: str = typer.Argument(..., help="Model id."), as_json: bool
     if as_json:
         print_json(m)
         return
-    for key in ("model_id", "model_name", "model_version", "model_type", "model_status", "failed_reason", "model_size", "model_sha256", "source_location"):
+    for key in (
+        "model_id",
+        "model_name",
+        "model_version",
+        "model_type",
+        "model_status",
+        "failed_reason",
+        "model_size",
+        "model_sha256",
+        "source_location",
+    ):
         if m.get(key) is not None:
             console.print(f"[bold]{key}[/]: {styled(m[key]) if key == 'model_status' else m[key]}")
 

@@ -84,7 +84,11 @@ def api_errors() -> Iterator[None]:
     except ApiError as exc:
         fail(exc.error_code, exc.message, _HINTS.get(exc.error_code or ""))
     except httpx.ConnectError as exc:
-        fail("MP.0002", f"Cannot reach the platform ({exc}).", "Start it with `modelport up` or check MODELPORT_API_URL.")
+        fail(
+            "MP.0002",
+            f"Cannot reach the platform ({exc}).",
+            "Start it with `modelport up` or check MODELPORT_API_URL.",
+        )
 
 
 def client() -> Client:

@@ -24,11 +24,17 @@ def _resolve_model(c: Client, ref: str) -> str:
     name, version = ref.rsplit(":", 1)
     found = c.list_models(model_name=name, exact_match=True, model_version=version)["models"]
     if not found:
-        fail("ModelArts.3001", f"No model {name} version {version}.", "List models with `modelport model list`.")
+        fail(
+            "ModelArts.3001",
+            f"No model {name} version {version}.",
+            "List models with `modelport model list`.",
+        )
     return found[0]["model_id"]
 
 
-def _parse_models(c: Client, refs: list[str], instances: int, spec: str, envs: dict[str, str]) -> list[dict[str, Any]]:
+def _parse_models(
+    c: Client, refs: list[str], instances: int, spec: str, envs: dict[str, str]
+) -> list[dict[str, Any]]:
     """`-m REF[@WEIGHT]` options into ServiceConfig entries; weights default to an even split."""
     parsed = []
     for ref in refs:
@@ -39,7 +45,8 @@ def _parse_models(c: Client, refs: list[str], instances: int, spec: str, envs: d
         share[0] += 100 - sum(share)
         parsed = [(m, share[i]) for i, (m, _w) in enumerate(parsed)]
     return [
-        {"model_id": m, "weight": w, "specification": spec, "instance_count": instances, "envs": envs} for m, w in parsed
+        {"model_id": m, "weight": w, "specification": spec, "instance_count": instances, "envs": envs}
+        for m, w in parsed
     ]
 
 
@@ -73,7 +80,13 @@ def wait_with_progress(c: Client, service_id: str, timeout: float = 600) -> dict
             for i in insts:
                 counts[i["status"]] = counts.get(i["status"], 0) + 1
             detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            progress.update(task, completed=svc.get("progress") or 0, name=svc["service_name"], status=styled(svc["status"]), detail=detail)
+            progress.update(
+                task,
+                completed=svc.get("progress") or 0,
+                name=svc["service_name"],
+                status=styled(svc["status"]),
+                detail=detail,
+            )
 
         return c.wait_service(service_id, DONE, timeout, on_poll=show)
 
@@ -89,11 +102,17 @@ def _report(svc: dict[str, Any]) -> None:
 @app.command("deploy")
 def deploy(
     name: str = typer.Argument(..., help="Service name."),
-    model: list[str] = typer.Option([], "--model", "-m", help="MODEL_ID or NAME:VERSION, optionally @WEIGHT; repeat for several versions."),
+    model: list[str] = typer.Option(
+        [], "--model", "-m", help="MODEL_ID or NAME:VERSION, optionally @WEIGHT; repeat for several versions."
+    ),
     instances: int = typer.Option(1, "--instances", "-i", help="Instances per model version."),
-    spec: str = typer.Option("modelarts.vm.cpu.2u", "--spec", help="Flavor; see `GET …/services/specifications`."),
+    spec: str = typer.Option(
+        "modelarts.vm.cpu.2u", "--spec", help="Flavor; see `GET …/services/specifications`."
+    ),
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE environment for the instances."),
-    file: Path | None = typer.Option(None, "--file", "-f", help="A whole CreateService JSON body instead of the flags."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="A whole CreateService JSON body instead of the flags."
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -105,8 +124,16 @@ def deploy(
             body.setdefault("service_name", name)
         else:
             if not model:
-                fail("ModelArts.0101", "Name at least one model with --model.", "e.g. -m digits:1.0.0@80 -m digits:2.0.0@20")
-            body = {"service_name": name, "infer_type": "real-time", "config": _parse_models(c, model, instances, spec, _envs(env))}
+                fail(
+                    "ModelArts.0101",
+                    "Name at least one model with --model.",
+                    "e.g. -m digits:1.0.0@80 -m digits:2.0.0@20",
+                )
+            body = {
+                "service_name": name,
+                "infer_type": "real-time",
+                "config": _parse_models(c, model, instances, spec, _envs(env)),
+            }
         service_id = c.create_service(body)
         svc = wait_with_progress(c, service_id) if wait and not as_json else c.get_service(service_id)
         if wait and as_json:
@@ -129,14 +156,29 @@ def list_services(as_json: bool = typer.Option(False, "--json")) -> None:
         print_json(data)
         return
     rows = [
-        [s["service_id"], s["service_name"], s["infer_type"], styled(s["status"]), s["invocation_times"], s["failed_times"], when(s["publish_at"])]
+        [
+            s["service_id"],
+            s["service_name"],
+            s["infer_type"],
+            styled(s["status"]),
+            s["invocation_times"],
+            s["failed_times"],
+            when(s["publish_at"]),
+        ]
         for s in data["services"]
     ]
-    table(f"{data['total_count']} service(s)", ["ID", "Name", "Type", "Status", "Calls", "Failed", "Published"], rows)
+    table(
+        f"{data['total_count']} service(s)",
+        ["ID", "Name", "Type", "Status", "Calls", "Failed", "Published"],
+        rows,
+    )
 
 
 @app.command("show")
-def show(service: str = typer.Argument(..., help="Service id or name."), as_json: bool = typer.Option(False, "--json")) -> None:
+def show(
+    service: str = typer.Argument(..., help="Service id or name."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Show a service: status, versions, weights and instances."""
     c = client()
     with api_errors():
@@ -145,12 +187,22 @@ def show(service: str = typer.Argument(..., help="Service id or name."), as_json
         print_json(svc)
         return
     _report(svc)
-    console.print(f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; due {when(svc.get('due_time')) or 'never'}")
+    console.print(
+        f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; due {when(svc.get('due_time')) or 'never'}"
+    )
     rows = []
     for cfg in svc["config"]:
         for inst in cfg["instances"] or [{}]:
             rows.append(
-                [f"{cfg['model_name']} {cfg['model_version']}", cfg["weight"], styled(cfg["status"]), inst.get("instance_id"), styled(inst.get("status")), inst.get("restarts"), inst.get("pid")]
+                [
+                    f"{cfg['model_name']} {cfg['model_version']}",
+                    cfg["weight"],
+                    styled(cfg["status"]),
+                    inst.get("instance_id"),
+                    styled(inst.get("status")),
+                    inst.get("restarts"),
+                    inst.get("pid"),
+                ]
             )
     table(None, ["Version", "Weight", "Config status", "Instance", "State", "Restarts", "PID"], rows)
 
@@ -158,8 +210,12 @@ def show(service: str = typer.Argument(..., help="Service id or name."), as_json
 @app.command("update")
 def update(
     service: str = typer.Argument(..., help="Service id or name."),
-    model: list[str] = typer.Option([], "--model", "-m", help="Replace the versions: MODEL_ID or NAME:VERSION[@WEIGHT]."),
-    instances: int | None = typer.Option(None, "--instances", "-i", help="New instance count for every version."),
+    model: list[str] = typer.Option(
+        [], "--model", "-m", help="Replace the versions: MODEL_ID or NAME:VERSION[@WEIGHT]."
+    ),
+    instances: int | None = typer.Option(
+        None, "--instances", "-i", help="New instance count for every version."
+    ),
     weights: str | None = typer.Option(None, "--weights", help="New weights in config order, e.g. 70,30."),
     description: str | None = typer.Option(None, "--description"),
     file: Path | None = typer.Option(None, "--file", "-f", help="A whole UpdateService JSON body."),
@@ -175,7 +231,11 @@ def update(
         else:
             body: dict[str, Any] = {}
             current = [
-                {k: cfg[k] for k in ("model_id", "weight", "specification", "instance_count", "envs") if cfg.get(k) is not None}
+                {
+                    k: cfg[k]
+                    for k in ("model_id", "weight", "specification", "instance_count", "envs")
+                    if cfg.get(k) is not None
+                }
                 for cfg in svc["config"]
             ]
             if model:
@@ -195,7 +255,11 @@ def update(
             if description is not None:
                 body["description"] = description
         c.update_service(svc["service_id"], body)
-        out = wait_with_progress(c, svc["service_id"]) if wait and not as_json else c.get_service(svc["service_id"])
+        out = (
+            wait_with_progress(c, svc["service_id"])
+            if wait and not as_json
+            else c.get_service(svc["service_id"])
+        )
     if as_json:
         print_json(out)
     else:
@@ -216,13 +280,21 @@ def _set_status(service: str, status: str, wait: bool, as_json: bool) -> None:
 
 
 @app.command("start")
-def start(service: str = typer.Argument(...), wait: bool = typer.Option(True, "--wait/--no-wait"), as_json: bool = typer.Option(False, "--json")) -> None:
+def start(
+    service: str = typer.Argument(...),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Start a stopped service."""
     _set_status(service, "running", wait, as_json)
 
 
 @app.command("stop")
-def stop(service: str = typer.Argument(...), wait: bool = typer.Option(True, "--wait/--no-wait"), as_json: bool = typer.Option(False, "--json")) -> None:
+def stop(
+    service: str = typer.Argument(...),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Stop a service (its instances drain and exit)."""
     _set_status(service, "stopped", wait, as_json)
 
@@ -253,14 +325,23 @@ def events(
     if as_json:
         print_json(data)
         return
-    rows = [[when(e["occur_time"]), "[red]abnormal[/]" if e["event_type"] == "abnormal" else "normal", e["event_info"]] for e in data["events"]]
+    rows = [
+        [
+            when(e["occur_time"]),
+            "[red]abnormal[/]" if e["event_type"] == "abnormal" else "normal",
+            e["event_info"],
+        ]
+        for e in data["events"]
+    ]
     table(f"Events of {data['service_name']}", ["Time", "Type", "Event"], rows)
 
 
 def predict(
     service: str = typer.Argument(..., help="Service id or name."),
     json_body: str | None = typer.Option(None, "--json", "-j", help="JSON request body (or @file.json)."),
-    file: list[str] = typer.Option([], "--file", "-f", help="FIELD=PATH to upload as multipart (e.g. images=digit.png)."),
+    file: list[str] = typer.Option(
+        [], "--file", "-f", help="FIELD=PATH to upload as multipart (e.g. images=digit.png)."
+    ),
     path: str = typer.Option("", "--path", help="Sub-path of the API, e.g. /predict."),
     raw: bool = typer.Option(False, "--raw", help="Print the body only."),
 ) -> None:
@@ -300,3 +381,68 @@ def predict(
     print_json(body) if not isinstance(body, str) else console.print(body)
     if resp.status_code >= 400:
         raise typer.Exit(1)
+
+
+def _since_arg(value: str | None) -> str | None:
+    """`10m`, `2h`, `1d`, `30s` ago, or an absolute ISO-8601 time / epoch ms, for the API."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[:-1].isdigit() and value[-1] in units:
+        import time
+
+        return str(int((time.time() - int(value[:-1]) * units[value[-1]]) * 1000))
+    return value
+
+
+@app.command("logs")
+def logs(
+    service: str = typer.Argument(..., help="Service id or name."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    instance: list[str] = typer.Option([], "--instance", "-i", help="Only this instance (repeatable)."),
+    tail: int = typer.Option(100, "--tail", "-n", help="Start with the newest N lines."),
+    since: str | None = typer.Option(None, "--since", help="e.g. 10m, 2h, or an ISO-8601 time."),
+    updates: bool = typer.Option(False, "--updates", help="Show the configuration-update history instead."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the instances' stdout/stderr (also of replaced instances), or the update history."""
+    c = client()
+    params: dict[str, Any] = {"tail": tail, "instance_id": instance or None, "since": _since_arg(since)}
+    with api_errors():
+        sid = c.find_service(service)["service_id"]
+        if not follow:
+            data = c.logs(sid, **params)
+            if as_json:
+                print_json(data)
+            elif updates:
+                rows = [
+                    [
+                        when(u["update_time"]),
+                        u["result"],
+                        ", ".join(
+                            f"{x['model_name']} {x['model_version']} w{x.get('weight')} x{x['instance_count']}"
+                            for x in u["config"]
+                        ),
+                        u.get("detail") or "",
+                    ]
+                    for u in data["logs"]
+                ]
+                table("Update history", ["Time", "Result", "Config", "Detail"], rows)
+            else:
+                for e in data["instance_logs"]:
+                    _print_log(e)
+            return
+        try:
+            for e in c.follow_logs(sid, **params):
+                print_json(e) if as_json else _print_log(e)
+        except KeyboardInterrupt:
+            pass
+
+
+def _print_log(e: dict[str, Any]) -> None:
+    style = "red" if e["stream"] == "stderr" else "cyan"
+    console.print(
+        f"[dim]{e['time'][11:23]}[/] [{style}]{e['instance_id']}[/] {e['message']}",
+        markup=True,
+        highlight=False,
+    )

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelport import __version__
-from modelport.control import auth_api, models_api, services_api
+from modelport.control import auth_api, logs_api, models_api, services_api
 from modelport.errors import E, PlatformError
 
 if TYPE_CHECKING:
@@ -63,7 +63,9 @@ def create_app(platform: Platform) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 405:
-            return _error(request, PlatformError(E.METHOD_NOT_ALLOWED, method=request.method, path=request.url.path))
+            return _error(
+                request, PlatformError(E.METHOD_NOT_ALLOWED, method=request.method, path=request.url.path)
+            )
         return _error(request, PlatformError(E.NOT_FOUND, method=request.method, path=request.url.path))
 
     @app.exception_handler(Exception)
@@ -84,4 +86,5 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(auth_api.router)
     app.include_router(models_api.router)
     app.include_router(services_api.router)
+    app.include_router(logs_api.router)
     return app

@@ -35,9 +35,9 @@ def create_token(body: TokenRequest, request: Request) -> JSONResponse:
         if user is None or not verify_password(cred.password, user.password_hash):
             raise PlatformError(E.BAD_CREDENTIALS)
         rows = s.execute(
-            select(Project, Membership.role).join(Membership, Membership.project_id == Project.id).where(
-                Membership.user_id == user.id
-            )
+            select(Project, Membership.role)
+            .join(Membership, Membership.project_id == Project.id)
+            .where(Membership.user_id == user.id)
         ).all()
         projects = {proj.id: proj for proj, _role in rows}
         if scope and (scope.id or scope.name):

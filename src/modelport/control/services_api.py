@@ -18,7 +18,7 @@ from modelport.control.flavors import node_capacity, resources, specifications_b
 from modelport.control.schemas import CreateServiceRequest, ScheduleIn, ServiceConfigIn, UpdateServiceRequest
 from modelport.errors import E, PlatformError
 from modelport.store.events import add_event
-from modelport.store.tables import Event, Instance, Model, Service
+from modelport.store.tables import Event, Instance, Model, Service, ServiceUpdate
 from modelport.timeutil import now_ms
 
 router = APIRouter(tags=["services"])
@@ -58,7 +58,9 @@ def _validate_configs(
         if model.status != "published":
             raise PlatformError(E.MODEL_NOT_PUBLISHED, model_id=c.model_id, status=model.status)
         if model.model_type == "LLM":
-            raise PlatformError(E.MODEL_TYPE_MISMATCH, model_id=c.model_id, infer_type="real-time (LLM runtime not built yet)")
+            raise PlatformError(
+                E.MODEL_TYPE_MISMATCH, model_id=c.model_id, infer_type="real-time (LLM runtime not built yet)"
+            )
         if c.model_id in seen:
             raise PlatformError(E.DUPLICATE_MODEL_VERSION, model=f"{model.name} {model.version}")
         seen[c.model_id] = i
@@ -107,7 +109,10 @@ def _config_status(service_status: str, live: list[Instance], count: int) -> str
 
 
 def service_body(s: Session, svc: Service, base_url: str, detail: bool = True) -> dict[str, Any]:
-    models = {m.id: m for m in s.scalars(select(Model).where(Model.id.in_([c["model_id"] for c in svc.config]))).all()}
+    models = {
+        m.id: m
+        for m in s.scalars(select(Model).where(Model.id.in_([c["model_id"] for c in svc.config]))).all()
+    }
     instances = s.scalars(select(Instance).where(Instance.service_id == svc.id)).all() if detail else []
     body: dict[str, Any] = {
         "service_id": svc.id,
@@ -133,7 +138,9 @@ def service_body(s: Session, svc: Service, base_url: str, detail: bool = True) -
         "schedule": svc.schedule,
         "due_time": svc.due_time,
         "additional_properties": svc.additional_properties,
-        "access_address": f"{base_url.rstrip('/')}/v1/infers/{svc.id}" if svc.infer_type == "real-time" else None,
+        "access_address": f"{base_url.rstrip('/')}/v1/infers/{svc.id}"
+        if svc.infer_type == "real-time"
+        else None,
         **svc.extra,
     }
     if not detail:
@@ -196,7 +203,9 @@ def create_service(
     with p.store.session() as s:
         if s.scalar(
             select(Service.id).where(
-                Service.project_id == project_id, Service.name == body.service_name, Service.desired != "deleted"
+                Service.project_id == project_id,
+                Service.name == body.service_name,
+                Service.desired != "deleted",
             )
         ):
             raise PlatformError(E.SERVICE_EXISTS, name=body.service_name)
@@ -238,6 +247,11 @@ def create_service(
             )
         )
         s.flush()
+        s.add(
+            ServiceUpdate(
+                service_id=service_id, generation=1, update_time=now, result="RUNNING", config=configs
+            )
+        )
         add_event(s, service_id, project_id, f"Start to deploy service {body.service_name}.")
         if schedule:
             add_event(s, service_id, project_id, "Auto-stop is enabled.")
@@ -272,7 +286,11 @@ def list_services(
         q = q.where(Service.infer_type == infer_type)
     if status:
         q = q.where(Service.status == status)
-    column = {"publish_at": Service.publish_at, "service_name": Service.name, "transition_at": Service.transition_at}[sort_by]
+    column = {
+        "publish_at": Service.publish_at,
+        "service_name": Service.name,
+        "transition_at": Service.transition_at,
+    }[sort_by]
     q = q.order_by(column.asc() if order == "asc" else column.desc(), Service.id)
     base = str(request.base_url)
     with platform(request).store.session() as s:
@@ -285,7 +303,9 @@ def list_services(
 
 
 @router.get("/v1/{project_id}/services/{service_id}")
-def show_service(project_id: str, service_id: str, request: Request, _who: TokenClaims = Depends(caller)) -> dict[str, Any]:
+def show_service(
+    project_id: str, service_id: str, request: Request, _who: TokenClaims = Depends(caller)
+) -> dict[str, Any]:
     with platform(request).store.session() as s:
         return service_body(s, _get_service(s, project_id, service_id), str(request.base_url))
 
@@ -303,13 +323,18 @@ def _apply_status(s: Session, svc: Service, wanted: str) -> None:
             return
         if svc.status == "stopping":
             raise PlatformError(
-                E.STATE_CONFLICT, status=svc.status, action="starting", hint="Wait until it is stopped, then start it."
+                E.STATE_CONFLICT,
+                status=svc.status,
+                action="starting",
+                hint="Wait until it is stopped, then start it.",
             )
         now = now_ms()
         svc.desired, svc.status, svc.error_msg, svc.progress = "running", "deploying", None, 0
         svc.due_time = due_time(svc.schedule, now)
         # A start is a fresh attempt: instances that failed before get their start budget back.
-        for inst in s.scalars(select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")):
+        for inst in s.scalars(
+            select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")
+        ):
             inst.status = "stopped"
         add_event(s, svc.id, svc.project_id, f"Start service {svc.name}.")
     svc.transition_at = now_ms()
@@ -317,7 +342,11 @@ def _apply_status(s: Session, svc: Service, wanted: str) -> None:
 
 @router.put("/v1/{project_id}/services/{service_id}")
 def update_service(
-    project_id: str, service_id: str, body: UpdateServiceRequest, request: Request, _who: TokenClaims = Depends(caller)
+    project_id: str,
+    service_id: str,
+    body: UpdateServiceRequest,
+    request: Request,
+    _who: TokenClaims = Depends(caller),
 ) -> dict[str, Any]:
     """Change config, description, schedule or status. With `status` in the body only the status is applied (spec)."""
     p = platform(request)
@@ -338,7 +367,9 @@ def update_service(
                 _update_schedule(s, svc, body.schedule)
             if body.additional_properties is not None:
                 svc.additional_properties = {**svc.additional_properties, **body.additional_properties}
-            extra = body.model_dump(include={"load_balancer_policy", "service_secrets", "priority"}, exclude_none=True)
+            extra = body.model_dump(
+                include={"load_balancer_policy", "service_secrets", "priority"}, exclude_none=True
+            )
             if extra:
                 svc.extra = {**svc.extra, **extra}
         svc.update_time = now_ms()
@@ -352,25 +383,42 @@ def _update_config(s: Session, p: Any, svc: Service, configs: list[ServiceConfig
     instances_change = [c["revision"] for c in new] != [c["revision"] for c in old] or [
         c["instance_count"] for c in new
     ] != [c["instance_count"] for c in old]
+    if instances_change:
+        # What runs now, so that a failed roll can go back to it.
+        svc.extra = {**svc.extra, "previous_config": old}
+    svc.extra = {k: v for k, v in svc.extra.items() if k != "update_error"}
     svc.config = new
     svc.generation += 1
+    rolling = instances_change and svc.desired == "running"
+    result = "RUNNING" if rolling else "SUCCESS"  # a weight change is done once the route table has it
+    s.add(
+        ServiceUpdate(
+            service_id=svc.id, generation=svc.generation, update_time=now_ms(), result=result, config=new
+        )
+    )
     what = "instances" if instances_change else "weights"
     add_event(s, svc.id, svc.project_id, f"Service {svc.name} is updating its {what}.")
     if instances_change and svc.desired == "running":
         svc.status, svc.progress, svc.error_msg = "deploying", 0, None
         svc.transition_at = now_ms()
-        for inst in s.scalars(select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")):
+        for inst in s.scalars(
+            select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")
+        ):
             inst.status = "stopped"
 
 
 def _update_schedule(s: Session, svc: Service, schedule: list[ScheduleIn]) -> None:
     svc.schedule = [x.model_dump() for x in schedule] or None
     svc.due_time = due_time(svc.schedule, now_ms()) if svc.desired == "running" else None
-    add_event(s, svc.id, svc.project_id, "Auto-stop is enabled." if svc.schedule else "Auto-stop is disabled.")
+    add_event(
+        s, svc.id, svc.project_id, "Auto-stop is enabled." if svc.schedule else "Auto-stop is disabled."
+    )
 
 
 @router.delete("/v1/{project_id}/services/{service_ids}")
-def delete_service(project_id: str, service_ids: str, request: Request, _who: TokenClaims = Depends(caller)) -> dict[str, Any]:
+def delete_service(
+    project_id: str, service_ids: str, request: Request, _who: TokenClaims = Depends(caller)
+) -> dict[str, Any]:
     """Delete one or several (comma-joined) services; instances are drained and stopped in the background."""
     p = platform(request)
     ids = [i.strip() for i in service_ids.split(",") if i.strip()]
@@ -412,7 +460,18 @@ def list_events(
         if end_time is not None:
             q = q.where(Event.occur_time <= end_time)
         total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-        q = q.order_by(Event.occur_time.asc() if order == "asc" else Event.occur_time.desc(), Event.id.desc() if order == "desc" else Event.id.asc())
+        q = q.order_by(
+            Event.occur_time.asc() if order == "asc" else Event.occur_time.desc(),
+            Event.id.desc() if order == "desc" else Event.id.asc(),
+        )
         rows = s.scalars(q.offset(offset).limit(limit)).all()
-        events = [{"event_type": e.event_type, "event_info": e.event_info, "occur_time": e.occur_time} for e in rows]
-        return {"service_name": svc.name, "service_id": svc.id, "total_count": total, "count": len(events), "events": events}
+        events = [
+            {"event_type": e.event_type, "event_info": e.event_info, "occur_time": e.occur_time} for e in rows
+        ]
+        return {
+            "service_name": svc.name,
+            "service_id": svc.id,
+            "total_count": total,
+            "count": len(events),
+            "events": events,
+        }

@@ -12,7 +12,10 @@ the gateway only through `post`, which runs a call on the gateway's loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -31,7 +34,7 @@ from modelport.packages import HealthConfig, ModelPackage, load_package
 from modelport.settings import Settings
 from modelport.store.db import Store
 from modelport.store.events import add_event
-from modelport.store.tables import Event, Instance, Model, Service
+from modelport.store.tables import Event, Instance, Model, Service, ServiceUpdate
 from modelport.timeutil import now_ms
 
 log = logging.getLogger("modelport.orchestrator")
@@ -55,7 +58,7 @@ class Gateway:
     endpoint_down: Callable[[str], None]
     inflight: Callable[[str], int]
     take_stats: Callable[[], dict[str, tuple[int, int]]]
-    post: Callable[..., None] = field(default=lambda fn, *a: fn(*a))
+    post: Callable[..., concurrent.futures.Future[Any]] = field(default=lambda fn, *a: _done(fn(*a)))
 
 
 class Orchestrator:
@@ -68,6 +71,7 @@ class Orchestrator:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._packages: dict[str, ModelPackage] = {}
         self._routes_sig: object = None
+        self._routes_applied: concurrent.futures.Future[Any] | None = None
         self._route_revision = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -190,6 +194,8 @@ class Orchestrator:
             await asyncio.gather(*(self._probe(*p) for p in probes))
         if self._ticks % 20 == 0:
             await asyncio.to_thread(self._maintain_logs)
+        if self._ticks % 120 == 1:
+            await asyncio.to_thread(self._expire_instances)
 
     # Instances whose process died while we thought it alive.
     def _watch_processes(self, s: Session, svc: Service, insts: list[Instance]) -> None:
@@ -226,7 +232,7 @@ class Orchestrator:
         inst.message = msg
         limit = _FIRST_START_ATTEMPTS if never_ready else self.settings.restart_limit
         if inst.start_failures >= limit:
-            inst.status = "failed"
+            inst.status, inst.ended_at = "failed", now_ms()
             add_event(
                 s,
                 svc.id,
@@ -268,7 +274,9 @@ class Orchestrator:
             if svc.desired == "deleted" and not any(i.status in LIVE for i in insts):
                 s.execute(delete(Event).where(Event.service_id == svc.id))
                 s.execute(delete(Instance).where(Instance.service_id == svc.id))
+                s.execute(delete(ServiceUpdate).where(ServiceUpdate.service_id == svc.id))
                 s.delete(svc)
+                shutil.rmtree(self.settings.logs_dir / svc.id, ignore_errors=True)
             return
         if svc.due_time and now_ms() >= svc.due_time:
             svc.desired, svc.due_time = "stopped", None
@@ -307,9 +315,14 @@ class Orchestrator:
                 inst = self._new_instance(s, svc, slot, cfg)
                 cur.append(inst)
                 insts.append(inst)
-            # Old revision: drain one per ready new instance beyond what keeps capacity at `want`.
+            if old and failed_cur:
+                self._roll_back(s, svc, failed_cur[-1].message)
+                return
+            # Old revision: drain one per ready new instance beyond what keeps capacity at
+            # `want - max_unavailable` (default: no capacity is ever given up during a roll).
+            unavailable = _count(props.get("max_unavailable", 0), want, at_least=0)
             ready_cur = sum(1 for i in cur if i.status == "ready")
-            excess = ready_cur + len(old) - want
+            excess = ready_cur + len(old) - max(0, want - unavailable)
             for inst in sorted(old, key=lambda i: i.status == "ready")[: max(0, excess)]:
                 self._mark_drain(s, svc, inst, drains, f"replaced by revision {cfg['revision']}")
             # Instances waiting for their (re)start.
@@ -326,6 +339,25 @@ class Orchestrator:
         for inst in live:
             if inst.slot >= len(svc.config) and inst.status != "draining":
                 self._mark_drain(s, svc, inst, drains, "its config was removed")
+
+    def _roll_back(self, s: Session, svc: Service, reason: str | None) -> None:
+        """A new revision failed while the old one still serves: go back to the config that ran."""
+        previous = svc.extra.get("previous_config")
+        why = (reason or "the new instances did not become ready").rstrip(".")
+        if not previous:
+            return
+        svc.config = previous
+        svc.generation += 1
+        msg = f"Update failed and was rolled back; the previous configuration keeps serving. Reason: {why}"
+        svc.extra = {**{k: v for k, v in svc.extra.items() if k != "previous_config"}, "update_error": msg}
+        add_event(s, svc.id, svc.project_id, msg, abnormal=True)
+        self._finish_update(s, svc, "FAIL", msg)
+
+    def _finish_update(self, s: Session, svc: Service, result: str, detail: str | None = None) -> None:
+        for upd in s.scalars(
+            select(ServiceUpdate).where(ServiceUpdate.service_id == svc.id, ServiceUpdate.result == "RUNNING")
+        ):
+            upd.result, upd.detail = result, detail
 
     def _new_instance(self, s: Session, svc: Service, slot: int, cfg: dict[str, Any]) -> Instance:
         inst = Instance(
@@ -375,7 +407,12 @@ class Orchestrator:
             self._packages[model.id] = pkg
         props = cfg.get("additional_properties") or {}
         grace = min(90, int(props.get("termination_grace_period_seconds", 60)))
-        env = {"PYTHONUNBUFFERED": "1", **pkg.instance_env(), **(cfg.get("envs") or {}), "MODELPORT_GRACE_S": str(grace)}
+        env = {
+            "PYTHONUNBUFFERED": "1",
+            **pkg.instance_env(),
+            **(cfg.get("envs") or {}),
+            "MODELPORT_GRACE_S": str(grace),
+        }
         return InstanceSpec(
             instance_id=inst.id,
             argv=pkg.instance_argv(),
@@ -405,6 +442,7 @@ class Orchestrator:
             if inst.started_at is not None:
                 inst.restarts += 1
             inst.handle, inst.started_at, inst.exit_code = handle.to_dict(), now_ms(), None
+            inst.log_path, inst.ended_at = handle.log_path, None
             self._probes[inst.id] = _Probe()
             if svc:
                 add_event(
@@ -505,6 +543,10 @@ class Orchestrator:
         """Out of the route table already: wait for in-flight requests, then SIGTERM (kill after grace)."""
         try:
             deadline = time.monotonic() + grace
+            if self._routes_applied is not None:
+                # The gateway must have stopped choosing this instance before in-flight counts mean anything.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(self._routes_applied), 5)
             while handle and time.monotonic() < deadline and self.gateway.inflight(instance_id) > 0:
                 await asyncio.sleep(0.05)
             if handle:
@@ -518,7 +560,7 @@ class Orchestrator:
         with self.store.session() as s:
             inst = s.get(Instance, instance_id)
             if inst is not None:
-                inst.status, inst.handle = "stopped", None
+                inst.status, inst.handle, inst.ended_at = "stopped", None, now_ms()
                 svc = s.get(Service, inst.service_id)
                 if svc:
                     add_event(s, svc.id, svc.project_id, f"Instance {inst.id} stopped.")
@@ -542,9 +584,14 @@ class Orchestrator:
                 f"Service {svc.name} is {state.status} (was {old}){reason}.",
                 abnormal=abnormal,
             )
+            if state.status == "running":
+                self._finish_update(s, svc, "SUCCESS")
+            elif state.status == "failed":
+                self._finish_update(s, svc, "FAIL", state.error_msg)
         svc.progress = state.progress
-        if state.error_msg != svc.error_msg and (state.error_msg or state.status in ("running", "stopped")):
-            svc.error_msg = state.error_msg
+        error = state.error_msg or svc.extra.get("update_error")
+        if error != svc.error_msg and (error or state.status in ("running", "stopped")):
+            svc.error_msg = error
 
     def _publish_routes(self, services: list[Service], by_service: dict[str, list[Instance]]) -> None:
         from modelport.gateway.routes import Endpoint, RouteTable, ServiceRoute, VersionRoute
@@ -582,7 +629,7 @@ class Orchestrator:
             from types import MappingProxyType
 
             table = RouteTable(self._route_revision, MappingProxyType(routes))
-            self.gateway.post(self.gateway.set_routes, table)
+            self._routes_applied = self.gateway.post(self.gateway.set_routes, table)
 
     def _model_label(self, model_id: str) -> tuple[str, str]:
         with self.store.session() as s:
@@ -601,6 +648,19 @@ class Orchestrator:
                 svc.invocation_times += calls
                 svc.failed_times += failures
 
+    def _expire_instances(self) -> None:
+        """Forget instances that ended more than the retention period ago, with their log files."""
+        cutoff = now_ms() - int(self.settings.log_retention_hours * 3_600_000)
+        with self.store.session() as s:
+            old = s.scalars(
+                select(Instance).where(Instance.status.in_(("stopped", "failed")), Instance.ended_at < cutoff)
+            ).all()
+            for inst in old:
+                if inst.log_path:
+                    for path in Path(inst.log_path).parent.glob(Path(inst.log_path).name + "*"):
+                        path.unlink(missing_ok=True)
+                s.delete(inst)
+
     def _maintain_logs(self) -> None:
         with self.store.session() as s:
             handles = [
@@ -613,6 +673,12 @@ class Orchestrator:
                 self.backend.maintain(h)
             except OSError:
                 log.warning("log rotation failed for %s", h.instance_id)
+
+
+def _done(value: Any) -> concurrent.futures.Future[Any]:
+    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    fut.set_result(value)
+    return fut
 
 
 def _count(value: Any, total: int, at_least: int) -> int:

@@ -53,7 +53,11 @@ def service_state(
     ]
     ready_any = any(i.status == "ready" for i in live)
     pending = any(i.status in PENDING for i in live)
-    failures = [i.message for i in instances if i.status == "failed" and i.message]
+    failures = [
+        i.message
+        for i in instances
+        if i.status == "failed" and i.message and i.slot < len(wanted) and i.revision == wanted[i.slot][0]
+    ]
     error = failures[-1] if failures else None
     progress = int(100 * ready_wanted / total)
     if ready_wanted == total and not leftovers:

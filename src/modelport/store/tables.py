@@ -105,6 +105,9 @@ class Instance(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     ready_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     next_start_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Kept after the process is gone, so logs of replaced instances stay readable.
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -116,3 +119,16 @@ class Event(Base):
     event_type: Mapped[str] = mapped_column(String(16))  # normal | abnormal
     event_info: Mapped[str] = mapped_column(Text)
     occur_time: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class ServiceUpdate(Base):
+    """Configuration-update history (spec ShowServiceUpdateLogs): one row per create/update of config."""
+
+    __tablename__ = "service_updates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    update_time: Mapped[int] = mapped_column(BigInteger)
+    result: Mapped[str] = mapped_column(String(16))  # RUNNING | SUCCESS | FAIL
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config: Mapped[list[Any]] = mapped_column(JSON)
