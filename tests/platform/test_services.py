@@ -71,6 +71,7 @@ def test_weighted_split_and_correct_answers(digits) -> None:  # type: ignore[no-
     assert svc["failed_times"] == 0
     metrics = httpx.get(f"{p.url}/metrics").text
     assert f'service_id="{sid}"' in metrics
+    assert f'modelport_instances{{service_id="{sid}",state="ready"}} 2.0' in metrics
 
 
 def test_multipart_image_upload(digits) -> None:  # type: ignore[no-untyped-def]

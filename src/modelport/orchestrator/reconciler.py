@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Gauge
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -38,6 +39,9 @@ from modelport.store.tables import Event, Instance, Model, Service, ServiceUpdat
 from modelport.timeutil import now_ms
 
 log = logging.getLogger("modelport.orchestrator")
+
+INSTANCES = Gauge("modelport_instances", "Instances per service and state", ["service_id", "state"])
+_INSTANCE_STATES = ("starting", "ready", "notReady", "crashed", "draining", "failed")
 
 # An instance that never became ready gets this many starts before it is declared failed.
 _FIRST_START_ATTEMPTS = 3
@@ -71,6 +75,7 @@ class Orchestrator:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._packages: dict[str, ModelPackage] = {}
         self._routes_sig: object = None
+        self._metric_labels: set[tuple[str, str]] = set()
         self._routes_applied: concurrent.futures.Future[Any] | None = None
         self._route_revision = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -183,6 +188,7 @@ class Orchestrator:
                 self._collect_probes(s, svc, insts, probes)
                 self._update_status(s, svc, insts)
             self._publish_routes(services, by_service)
+            self._export_metrics(services, by_service)
             self._flush_stats(s)
         # Act outside the session: starting and probing take real time.
         for instance_id, handle, grace in drains:
@@ -630,6 +636,20 @@ class Orchestrator:
 
             table = RouteTable(self._route_revision, MappingProxyType(routes))
             self._routes_applied = self.gateway.post(self.gateway.set_routes, table)
+
+    def _export_metrics(self, services: list[Service], by_service: dict[str, list[Instance]]) -> None:
+        seen = set()
+        for svc in services:
+            counts: dict[str, int] = dict.fromkeys(_INSTANCE_STATES, 0)
+            for inst in by_service.get(svc.id, []):
+                if inst.status in counts:
+                    counts[inst.status] += 1
+            for state, n in counts.items():
+                INSTANCES.labels(svc.id, state).set(n)
+                seen.add((svc.id, state))
+        for labels in self._metric_labels - seen:
+            INSTANCES.remove(*labels)
+        self._metric_labels = seen
 
     def _model_label(self, model_id: str) -> tuple[str, str]:
         with self.store.session() as s:
