@@ -51,7 +51,9 @@ async def run(clients: int, phase_s: float) -> None:
         for mid in ids.values():
             c.wait_model(mid)
         cfg = {"weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": 4}
-        sid = c.create_service({"service_name": "roll", "infer_type": "real-time", "config": [{"model_id": ids["1.0.0"], **cfg}]})
+        sid = c.create_service(
+            {"service_name": "roll", "infer_type": "real-time", "config": [{"model_id": ids["1.0.0"], **cfg}]}
+        )
         assert c.wait_service(sid, timeout=120)["status"] == "running"
         url = f"{p.url}/v1/infers/{sid}"
         samples: list[Sample] = []
@@ -66,7 +68,11 @@ async def run(clients: int, phase_s: float) -> None:
             def settled() -> bool:
                 svc = c.get_service(sid)
                 insts = [i for i in svc["config"][0]["instances"] if i["status"] != "stopped"]
-                return svc["status"] == "running" and len(insts) == 4 and all(i["model_id"] == ids["2.0.0"] for i in insts)
+                return (
+                    svc["status"] == "running"
+                    and len(insts) == 4
+                    and all(i["model_id"] == ids["2.0.0"] for i in insts)
+                )
 
             while not await asyncio.to_thread(settled):
                 await asyncio.sleep(0.5)
@@ -91,8 +97,10 @@ async def run(clients: int, phase_s: float) -> None:
         console.print(table)
         total_fail = sum(not s.ok for s in samples)
         ratio = _p99([s.latency for s in phases["during"]]) / _p99([s.latency for s in phases["before"]])
-        console.print(f"upgrade wall time {t_done - t_roll:.2f} s; {len(samples)} requests, {total_fail} failures; "
-                      f"p99 during / before = {ratio:.2f} (goal <= 2)")  # fmt: skip
+        console.print(
+            f"upgrade wall time {t_done - t_roll:.2f} s; {len(samples)} requests, {total_fail} failures; "
+            f"p99 during / before = {ratio:.2f} (goal <= 2)"
+        )
         c.close()
 
 

@@ -144,6 +144,9 @@ class E:
         "MP.4404", 404, "No inference API at {method} {path}. This model serves: {urls}."
     )
     RUNTIME_NOT_READY = ErrorSpec("MP.4503", 503, "The model is {state}; retry once GET /health answers 200.")
+    RUNTIME_STOPPED = ErrorSpec(
+        "MP.4504", 503, "The instance shut down before the model answered (grace period over); retry."
+    )
     BAD_FORM = ErrorSpec(
         "ModelArts.4200",
         400,

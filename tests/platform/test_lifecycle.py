@@ -12,8 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.conftest import EXAMPLES, PlatformProc, make_platform, pid_alive, wait_until
+from tests.conftest import EXAMPLES, make_platform, pid_alive, wait_until
 from tests.load import Load
 
 pytestmark = pytest.mark.slow
@@ -22,16 +21,25 @@ pytestmark = pytest.mark.slow
 def _broken_package(tmp_path: Path) -> Path:
     pkg = tmp_path / "echo-broken"
     shutil.copytree(EXAMPLES / "echo", pkg)
-    (pkg / "model" / "customize_service.py").write_text("raise ImportError('version 3 is broken on purpose')\n")
+    (pkg / "model" / "customize_service.py").write_text(
+        "raise ImportError('version 3 is broken on purpose')\n"
+    )
     return pkg
 
 
 def _cfg(model_id: str, count: int) -> list[dict]:
-    return [{"model_id": model_id, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": count}]
+    return [
+        {"model_id": model_id, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": count}
+    ]
 
 
 def _live(c, sid: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [i for cfg in c.get_service(sid)["config"] for i in cfg["instances"] if i["status"] in ("ready", "starting", "draining", "crashed", "notReady")]
+    return [
+        i
+        for cfg in c.get_service(sid)["config"]
+        for i in cfg["instances"]
+        if i["status"] in ("ready", "starting", "draining", "crashed", "notReady")
+    ]
 
 
 def _settled(c, sid: str, model_id: str, count: int):  # type: ignore[no-untyped-def]
@@ -68,7 +76,9 @@ def lifecycle(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_roll_scale_and_broken_version_under_load(lifecycle) -> None:  # type: ignore[no-untyped-def]
     p, c, ids = lifecycle
-    sid = c.create_service({"service_name": "rolling", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)})
+    sid = c.create_service(
+        {"service_name": "rolling", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)}
+    )
     assert c.wait_service(sid, timeout=60)["status"] == "running"
     p.instance_pids()
     load = Load(f"{p.url}/v1/infers/{sid}", c.token(), clients=4, max_requests=20_000, max_seconds=60).start()
@@ -93,7 +103,9 @@ def test_roll_scale_and_broken_version_under_load(lifecycle) -> None:  # type: i
 
         def rolled_back():  # type: ignore[no-untyped-def]
             svc = c.get_service(sid)
-            return svc if svc["config"][0]["model_id"] == ids["2.0.0"] and svc["status"] == "running" else None
+            return (
+                svc if svc["config"][0]["model_id"] == ids["2.0.0"] and svc["status"] == "running" else None
+            )
 
         svc = wait_until(rolled_back, 60, 0.2, "rollback of the broken version")
         assert "rolled back" in svc["error_msg"] and "broken on purpose" in svc["error_msg"]
@@ -121,7 +133,9 @@ def test_roll_scale_and_broken_version_under_load(lifecycle) -> None:  # type: i
 
 def test_kill9_under_load_fails_at_most_the_in_flight(lifecycle) -> None:  # type: ignore[no-untyped-def]
     p, c, ids = lifecycle
-    sid = c.create_service({"service_name": "crashy", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)})
+    sid = c.create_service(
+        {"service_name": "crashy", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)}
+    )
     assert c.wait_service(sid, timeout=60)["status"] == "running"
     victim = c.get_service(sid)["config"][0]["instances"][0]
     p.instance_pids()
@@ -143,7 +157,9 @@ def test_kill9_under_load_fails_at_most_the_in_flight(lifecycle) -> None:  # typ
 
 def test_platform_crash_and_restart_readopts_instances(lifecycle) -> None:  # type: ignore[no-untyped-def]
     p, c, ids = lifecycle
-    sid = c.create_service({"service_name": "survivor", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)})
+    sid = c.create_service(
+        {"service_name": "survivor", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)}
+    )
     assert c.wait_service(sid, timeout=60)["status"] == "running"
     before = sorted(i["pid"] for i in _live(c, sid))
     p.instance_pids()
@@ -162,11 +178,15 @@ def test_platform_crash_and_restart_readopts_instances(lifecycle) -> None:  # ty
     after = sorted(i["pid"] for cfg in svc["config"] for i in cfg["instances"] if i["status"] == "ready")
     assert after == before, "instances were replaced instead of re-adopted"
     # no duplicates: exactly two instances (one log shim each) of this service exist
-    ours = subprocess.run(["pgrep", "-f", "modelport.backends.logshim"], capture_output=True, text=True).stdout.split()
+    ours = subprocess.run(
+        ["pgrep", "-f", "modelport.backends.logshim"], capture_output=True, text=True
+    ).stdout.split()
     mine = [int(x) for x in ours if _env_has(int(x), sid, c2)]
     assert len(mine) == 2, mine
     # after the restart every request succeeds again
-    restarted_at = max(r.started for r in results if r.status is None) if any(r.status is None for r in results) else 0
+    restarted_at = (
+        max(r.started for r in results if r.status is None) if any(r.status is None for r in results) else 0
+    )
     late = [r for r in results if r.started > restarted_at + 1]
     assert late and all(r.status == 200 for r in late)
     c2.close()
@@ -193,7 +213,11 @@ def test_logs_tail_since_follow_and_replaced_instances(tmp_path: Path) -> None:
         first = _live(c, sid)[0]
         p.instance_pids()
         c.predict(sid, {"n": 1})
-        data = wait_until(lambda: (d := c.logs(sid)) and any("POST /" in e["message"] for e in d["instance_logs"]) and d, 10, what="request log line")
+        data = wait_until(
+            lambda: (d := c.logs(sid)) and any("POST /" in e["message"] for e in d["instance_logs"]) and d,
+            10,
+            what="request log line",
+        )
         assert data["logs"][0]["result"] == "SUCCESS"  # spec's update history stays in logs[]
         assert all(e["instance_id"] == first["instance_id"] and e["time"] for e in data["instance_logs"])
         assert len(c.logs(sid, tail=2)["instance_logs"]) == 2
@@ -202,7 +226,9 @@ def test_logs_tail_since_follow_and_replaced_instances(tmp_path: Path) -> None:
         token = c.token()
         url = f"{p.url}/v1/{c.project_id}/services/{sid}/logs"
         got: list[dict] = []
-        with httpx.stream("GET", url, params={"follow": "true", "tail": 0}, headers={"X-Auth-Token": token}, timeout=20) as resp:
+        with httpx.stream(
+            "GET", url, params={"follow": "true", "tail": 0}, headers={"X-Auth-Token": token}, timeout=20
+        ) as resp:
             assert resp.headers["content-type"].startswith("text/event-stream")
             c.predict(sid, {"n": 2})
             deadline = time.monotonic() + 10
@@ -214,7 +240,11 @@ def test_logs_tail_since_follow_and_replaced_instances(tmp_path: Path) -> None:
         assert any("POST /" in g["message"] for g in got)
         # a replaced instance's logs stay readable
         os.kill(first["pid"], signal.SIGKILL)
-        wait_until(lambda: c.get_service(sid)["status"] == "running" and _live(c, sid)[0]["pid"] != first["pid"], 30, what="restart")
+        wait_until(
+            lambda: c.get_service(sid)["status"] == "running" and _live(c, sid)[0]["pid"] != first["pid"],
+            30,
+            what="restart",
+        )
         old = c.logs(sid, instance_id=[first["instance_id"]])["instance_logs"]
         assert any("POST /" in e["message"] for e in old)
         cli = p.cli("service", "logs", "logged", "--tail", "5", check=True)

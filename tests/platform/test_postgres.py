@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import EXAMPLES, make_platform
 from tests.store.conftest import pg_url  # noqa: F401 - fixture
 
@@ -23,7 +22,14 @@ def test_platform_on_postgres(tmp_path: Path, pg_url: str) -> None:  # noqa: F81
             {
                 "service_name": "echo-pg",
                 "infer_type": "real-time",
-                "config": [{"model_id": mid, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": 1}],
+                "config": [
+                    {
+                        "model_id": mid,
+                        "weight": 100,
+                        "specification": "modelarts.vm.cpu.1u",
+                        "instance_count": 1,
+                    }
+                ],
             }
         )
         assert c.wait_service(sid, timeout=60)["status"] == "running"

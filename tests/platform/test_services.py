@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.conftest import EXAMPLES, PlatformProc, pid_alive, wait_until
 
 pytestmark = pytest.mark.slow
@@ -19,7 +18,9 @@ def _deploy(c, name: str, configs: list[tuple[str, int, int]], spec: str = "mode
     body = {
         "service_name": name,
         "infer_type": "real-time",
-        "config": [{"model_id": m, "weight": w, "specification": spec, "instance_count": n} for m, w, n in configs],
+        "config": [
+            {"model_id": m, "weight": w, "specification": spec, "instance_count": n} for m, w, n in configs
+        ],
     }
     return c.create_service(body)
 
@@ -67,7 +68,9 @@ def test_weighted_split_and_correct_answers(digits) -> None:  # type: ignore[no-
             correct += resp.json()["predicted_label"] == str(data.target[idx])
     assert abs(counts["1.0.0"] / 10 - 70) <= 3 and abs(counts["2.0.0"] / 10 - 30) <= 3, counts
     assert correct >= 950
-    svc = wait_until(lambda: (s := c.get_service(sid))["invocation_times"] >= 1000 and s, 15, what="invocation count")
+    svc = wait_until(
+        lambda: (s := c.get_service(sid))["invocation_times"] >= 1000 and s, 15, what="invocation count"
+    )
     assert svc["failed_times"] == 0
     metrics = httpx.get(f"{p.url}/metrics").text
     assert f'service_id="{sid}"' in metrics
@@ -80,7 +83,7 @@ def test_multipart_image_upload(digits) -> None:  # type: ignore[no-untyped-def]
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    p, c, sid = digits
+    _p, c, sid = digits
     data = load_digits()
     pixels = (255 - data.data[3].reshape(8, 8) * 255 / 16).astype("uint8")
     buf = io.BytesIO()
@@ -103,7 +106,7 @@ def test_show_service_shape(digits) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_kill9_instance_is_restarted(digits) -> None:  # type: ignore[no-untyped-def]
-    p, c, sid = digits
+    _p, c, sid = digits
     svc = c.get_service(sid)
     inst = svc["config"][0]["instances"][0]
     os.kill(inst["pid"], signal.SIGKILL)
@@ -129,7 +132,12 @@ def test_stop_answers_503_at_once_and_start_again(digits) -> None:  # type: igno
     c.update_service(sid, {"status": "stopped"})
     svc = c.wait_service(sid, ("stopped",), 60)
     assert svc["status"] == "stopped"
-    resp = httpx.post(f"{p.url}/v1/infers/{sid}", json={"images": [[0] * 64]}, headers={"X-Auth-Token": c.token()}, timeout=5)
+    resp = httpx.post(
+        f"{p.url}/v1/infers/{sid}",
+        json={"images": [[0] * 64]},
+        headers={"X-Auth-Token": c.token()},
+        timeout=5,
+    )
     assert resp.status_code == 503
     assert resp.json()["error_code"] == "ModelArts.4203"
     wait_until(lambda: not any(pid_alive(pid) for pid in pids), 15, what="instances exit")
@@ -139,7 +147,7 @@ def test_stop_answers_503_at_once_and_start_again(digits) -> None:  # type: igno
 
 
 def test_weight_only_update_keeps_instances(digits) -> None:  # type: ignore[no-untyped-def]
-    p, c, sid = digits
+    _p, c, sid = digits
     svc = c.get_service(sid)
     pids = sorted(i["pid"] for cfg in svc["config"] for i in cfg["instances"])
     config = [{k: cfg[k] for k in ("model_id", "specification", "instance_count")} for cfg in svc["config"]]
@@ -151,7 +159,9 @@ def test_weight_only_update_keeps_instances(digits) -> None:  # type: ignore[no-
         return resp.headers.get("x-modelport-version") == "2.0.0"
 
     wait_until(all_v2, 10, what="route update")
-    versions = {c.predict_raw(sid, json={"images": [[0] * 64]}).headers["x-modelport-version"] for _ in range(20)}
+    versions = {
+        c.predict_raw(sid, json={"images": [[0] * 64]}).headers["x-modelport-version"] for _ in range(20)
+    }
     assert versions == {"2.0.0"}
     after = sorted(i["pid"] for cfg in c.get_service(sid)["config"] for i in cfg["instances"])
     assert after == pids
@@ -215,10 +225,30 @@ def test_command_model(shared_platform: PlatformProc) -> None:
 
 def test_cli_round_trip(shared_platform: PlatformProc) -> None:
     p = shared_platform
-    out = p.cli("model", "import", str(EXAMPLES / "echo"), "--name", "cli-echo", "--version", "1.0.0", "--json", check=True)
+    out = p.cli(
+        "model",
+        "import",
+        str(EXAMPLES / "echo"),
+        "--name",
+        "cli-echo",
+        "--version",
+        "1.0.0",
+        "--json",
+        check=True,
+    )
     model = json.loads(out.stdout)
     assert model["model_status"] == "published"
-    out = p.cli("service", "deploy", "cli-echo", "-m", "cli-echo:1.0.0", "--spec", "modelarts.vm.cpu.1u", "--json", check=True)
+    out = p.cli(
+        "service",
+        "deploy",
+        "cli-echo",
+        "-m",
+        "cli-echo:1.0.0",
+        "--spec",
+        "modelarts.vm.cpu.1u",
+        "--json",
+        check=True,
+    )
     svc = json.loads(out.stdout)
     assert svc["status"] == "running"
     out = p.cli("predict", "cli-echo", "--json", '{"a": 1}', "--raw", check=True)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.conftest import EXAMPLES, PlatformProc, wait_until
 
 
@@ -38,7 +37,13 @@ def _assert_error(resp: httpx.Response, status: int, code: str) -> None:
 
 
 def _svc(model_id: str, **cfg) -> dict:  # type: ignore[no-untyped-def]
-    entry = {"model_id": model_id, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": 1, **cfg}
+    entry = {
+        "model_id": model_id,
+        "weight": 100,
+        "specification": "modelarts.vm.cpu.1u",
+        "instance_count": 1,
+        **cfg,
+    }
     return {"service_name": "val-svc", "infer_type": "real-time", "config": [entry]}
 
 
@@ -58,7 +63,12 @@ MODEL_CASES = [
 @pytest.mark.parametrize(("name", "change", "status", "code"), MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
 def test_bad_model_import(api, name, change, status, code) -> None:  # type: ignore[no-untyped-def]
     p, c, _ok = api
-    body = {"model_name": "val-new", "model_version": "1.0.0", "model_type": "Custom", "source_location": str(EXAMPLES / "echo")}
+    body = {
+        "model_name": "val-new",
+        "model_version": "1.0.0",
+        "model_type": "Custom",
+        "source_location": str(EXAMPLES / "echo"),
+    }
     body.update(change)
     body = {k: v for k, v in body.items() if v is not None}
     before = _counts(c)
@@ -69,7 +79,12 @@ def test_bad_model_import(api, name, change, status, code) -> None:  # type: ign
 def test_source_without_model_dir(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     p, c, _ok = api
     before = _counts(c)
-    body = {"model_name": "val-x", "model_version": "1.0.0", "model_type": "Custom", "source_location": f"file://{tmp_path}"}
+    body = {
+        "model_name": "val-x",
+        "model_version": "1.0.0",
+        "model_type": "Custom",
+        "source_location": f"file://{tmp_path}",
+    }
     _assert_error(_call(p, c, "POST", "/models", json=body), 400, "ModelArts.3017")
     assert _counts(c) == before
 
@@ -98,11 +113,29 @@ def _two(ok: str, other: str) -> dict:
 SERVICE_CASES = [
     ("weights not 100", lambda ok: _svc(ok, weight=90), 400, "MP.3001"),
     ("weight over 100", lambda ok: _svc(ok, weight=101), 400, "MP.3001"),
-    ("weight missing", lambda ok: {**_svc(ok), "config": [{k: v for k, v in _svc(ok)["config"][0].items() if k != "weight"}]}, 400, "MP.3001"),
-    ("same version twice", lambda ok: {**_two(ok, ok), "config": [dict(_two(ok, ok)["config"][0], weight=50)] * 2}, 400, "ModelArts.3516"),
+    (
+        "weight missing",
+        lambda ok: {
+            **_svc(ok),
+            "config": [{k: v for k, v in _svc(ok)["config"][0].items() if k != "weight"}],
+        },
+        400,
+        "MP.3001",
+    ),
+    (
+        "same version twice",
+        lambda ok: {**_two(ok, ok), "config": [dict(_two(ok, ok)["config"][0], weight=50)] * 2},
+        400,
+        "ModelArts.3516",
+    ),
     ("instance_count 0", lambda ok: _svc(ok, instance_count=0), 400, "ModelArts.0101"),
     ("instance_count 129", lambda ok: _svc(ok, instance_count=129), 400, "ModelArts.0101"),
-    ("over capacity", lambda ok: _svc(ok, instance_count=128, specification="modelarts.vm.cpu.4u"), 400, "ModelArts.3522"),
+    (
+        "over capacity",
+        lambda ok: _svc(ok, instance_count=128, specification="modelarts.vm.cpu.4u"),
+        400,
+        "ModelArts.3522",
+    ),
     ("unknown flavor", lambda ok: _svc(ok, specification="modelarts.vm.gpu.huge"), 400, "ModelArts.3976"),
     ("unknown model", lambda ok: _svc("00000000-0000-0000-0000-000000000000"), 400, "ModelArts.3506"),
     ("unknown field", lambda ok: {**_svc(ok), "colour": "red"}, 400, "ModelArts.0101"),
@@ -147,30 +180,40 @@ def test_duplicate_service_name_and_bad_update(api) -> None:  # type: ignore[no-
     sid = c.create_service(body)
     try:
         _assert_error(_call(p, c, "POST", "/services", json=body), 409, "ModelArts.3503")
-        _assert_error(_call(p, c, "PUT", f"/services/{sid}", json={"config": [dict(body["config"][0], weight=50)]}), 400, "MP.3001")
-        _assert_error(_call(p, c, "PUT", f"/services/{sid}", json={"status": "paused"}), 400, "ModelArts.0101")
+        _assert_error(
+            _call(p, c, "PUT", f"/services/{sid}", json={"config": [dict(body["config"][0], weight=50)]}),
+            400,
+            "MP.3001",
+        )
+        _assert_error(
+            _call(p, c, "PUT", f"/services/{sid}", json={"status": "paused"}), 400, "ModelArts.0101"
+        )
         # model in use cannot be deleted
         _assert_error(_call(p, c, "DELETE", f"/models/{ok}"), 400, "ModelArts.3009")
         svc = c.get_service(sid)
         assert svc["config"][0]["weight"] == 100
     finally:
         c.delete_service(sid)
-        wait_until(lambda: all(s["service_id"] != sid for s in c.list_services()["services"]), 60, what="delete")
+        wait_until(
+            lambda: all(s["service_id"] != sid for s in c.list_services()["services"]), 60, what="delete"
+        )
 
 
 def test_list_filters_pages_and_sorts(api) -> None:  # type: ignore[no-untyped-def]
-    p, c, ok = api
+    p, c, _ok = api
     data = c.list_models(limit=1, offset=0)
     assert data["count"] == 1 and data["total_count"] >= 2
     names = [m["model_name"] for m in c.list_models(sort_by="create_at", order="asc")["models"]]
     assert names[0] == "val-echo"
-    assert [m["model_name"] for m in c.list_models(model_name="val-echo", exact_match=True)["models"]] == ["val-echo"]
+    assert [m["model_name"] for m in c.list_models(model_name="val-echo", exact_match=True)["models"]] == [
+        "val-echo"
+    ]
     _assert_error(_call(p, c, "GET", "/models", params={"sort_by": "colour"}), 400, "ModelArts.0101")
     _assert_error(_call(p, c, "GET", "/services", params={"limit": 0}), 400, "ModelArts.0101")
 
 
 def test_specifications(api) -> None:  # type: ignore[no-untyped-def]
-    p, c, _ok = api
+    _p, c, _ok = api
     specs = c.specifications()
     names = {s["specification"] for s in specs["specifications"]}
     assert "modelarts.vm.cpu.2u" in names

@@ -19,8 +19,17 @@ def _project(s, pid: str = "p" * 32) -> Project:  # type: ignore[no-untyped-def]
 
 def _model(pid: str, mid: str, version: str = "1.0.0") -> Model:
     return Model(
-        id=mid, project_id=pid, owner="admin", name="m", version=version, model_type="Custom", status="published",
-        source_location="/x", request={"a": [1, 2]}, config={"model_type": "Custom", "apis": [{"url": "/"}]}, created_at=1,
+        id=mid,
+        project_id=pid,
+        owner="admin",
+        name="m",
+        version=version,
+        model_type="Custom",
+        status="published",
+        source_location="/x",
+        request={"a": [1, 2]},
+        config={"model_type": "Custom", "apis": [{"url": "/"}]},
+        created_at=1,
     )
 
 
@@ -29,7 +38,16 @@ def test_migrations_create_schema_and_are_idempotent(db_url: str) -> None:
     store.migrate()
     store.migrate()
     tables = set(inspect(store.engine).get_table_names())
-    assert {"projects", "users", "memberships", "models", "services", "instances", "events", "alembic_version"} <= tables
+    assert {
+        "projects",
+        "users",
+        "memberships",
+        "models",
+        "services",
+        "instances",
+        "events",
+        "alembic_version",
+    } <= tables
     store.dispose()
 
 
@@ -58,9 +76,17 @@ def test_services_and_events(db_url: str) -> None:
         s.flush()
         s.add(
             Service(
-                id="s1", project_id="p" * 32, owner="admin", name="svc", infer_type="real-time", desired="running",
-                status="deploying", config=[{"model_id": "m1", "weight": 100, "revision": "abc"}], publish_at=1,
-                update_time=1, transition_at=1,
+                id="s1",
+                project_id="p" * 32,
+                owner="admin",
+                name="svc",
+                infer_type="real-time",
+                desired="running",
+                status="deploying",
+                config=[{"model_id": "m1", "weight": 100, "revision": "abc"}],
+                publish_at=1,
+                update_time=1,
+                transition_at=1,
             )
         )
         add_event(s, "s1", "p" * 32, "Start to deploy service svc.")

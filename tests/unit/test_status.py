@@ -20,7 +20,9 @@ def test_deploying_while_instances_start_reports_progress() -> None:
 
 
 def test_first_deploy_with_every_instance_failed_is_failed_with_reason() -> None:
-    st = service_state("deploying", "running", W, [iv("failed", msg="ImportError: x"), iv("failed", msg="ImportError: x")])
+    st = service_state(
+        "deploying", "running", W, [iv("failed", msg="ImportError: x"), iv("failed", msg="ImportError: x")]
+    )
     assert st.status == "failed"
     assert "ImportError" in (st.error_msg or "")
 
@@ -40,7 +42,10 @@ def test_partial_failure_after_deploy_is_concerning() -> None:
 def test_roll_in_progress_is_not_running_until_old_revision_is_gone() -> None:
     insts = [iv("ready", rev="old"), iv("ready"), iv("ready")]
     assert service_state("deploying", "running", W, insts).status != "running"
-    assert service_state("deploying", "running", W, [iv("ready"), iv("ready"), iv("stopped", rev="old")]).status == "running"
+    assert (
+        service_state("deploying", "running", W, [iv("ready"), iv("ready"), iv("stopped", rev="old")]).status
+        == "running"
+    )
 
 
 def test_stop_and_delete() -> None:

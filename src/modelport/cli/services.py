@@ -188,7 +188,8 @@ def show(
         return
     _report(svc)
     console.print(
-        f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; due {when(svc.get('due_time')) or 'never'}"
+        f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; "
+        f"due {when(svc.get('due_time')) or 'never'}"
     )
     rows = []
     for cfg in svc["config"]:
@@ -376,7 +377,9 @@ def predict(
         return
     origin = "platform error" if isinstance(body, dict) and "error_code" in body else "model"
     console.print(
-        f"[bold]{resp.status_code}[/] from {origin} · version {resp.headers.get('x-modelport-version', '?')} · instance {resp.headers.get('x-modelport-instance', '?')} · request {resp.headers.get('x-request-id', '?')}"
+        f"[bold]{resp.status_code}[/] from {origin} · version {resp.headers.get('x-modelport-version', '?')}"
+        f" · instance {resp.headers.get('x-modelport-instance', '?')}"
+        f" · request {resp.headers.get('x-request-id', '?')}"
     )
     print_json(body) if not isinstance(body, str) else console.print(body)
     if resp.status_code >= 400:
@@ -420,7 +423,8 @@ def logs(
                         when(u["update_time"]),
                         u["result"],
                         ", ".join(
-                            f"{x['model_name']} {x['model_version']} w{x.get('weight')} x{x['instance_count']}"
+                            f"{x['model_name']} {x['model_version']} "
+                            f"w{x.get('weight')} x{x['instance_count']}"
                             for x in u["config"]
                         ),
                         u.get("detail") or "",

@@ -45,7 +45,8 @@ def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
         title="modelport management API",
         version=__version__,
-        description="ModelArts-compatible inference management API. Predictions go to /v1/infers/{service_id}.",
+        description="ModelArts-compatible inference management API. "
+        "Predictions go to /v1/infers/{service_id}.",
     )
     app.state.platform = platform
 

@@ -27,7 +27,7 @@ log = logging.getLogger("modelport.models")
 
 
 def source_dir(location: str) -> Path:
-    """The local directory a `source_location` names: a path or a `file://` URL (spec: the parent of model/)."""
+    """The local directory a `source_location` names: a path or `file://` URL (spec: the parent of model/)."""
     if location.startswith("file://"):
         parsed = urlparse(location)
         path = Path(unquote(parsed.path))
@@ -75,7 +75,8 @@ def _publish(store: Any, models_dir: Path, model_id: str, src: Path, declared_ty
         if pkg.model_type != declared_type:
             raise PlatformError(
                 E.MODEL_CONFIG_INVALID,
-                detail=f"model_type is {declared_type} in the request but {pkg.model_type} in config.json; make them equal",
+                detail=f"model_type is {declared_type} in the request but {pkg.model_type} in config.json; "
+                "make them equal",
             )
         fields = {
             "store_path": str(dest),
@@ -145,7 +146,7 @@ def create_model(
     tasks: BackgroundTasks,
     who: TokenClaims = Depends(caller),
 ) -> dict[str, str]:
-    """Import a model package from a local directory or `file://` URL. Publishing continues in the background."""
+    """Import a model package from a local directory or `file://` URL; it publishes in the background."""
     p = platform(request)
     if body.model_type == "Template":
         raise PlatformError(

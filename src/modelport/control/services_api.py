@@ -348,7 +348,7 @@ def update_service(
     request: Request,
     _who: TokenClaims = Depends(caller),
 ) -> dict[str, Any]:
-    """Change config, description, schedule or status. With `status` in the body only the status is applied (spec)."""
+    """Change config, description, schedule or status; with `status` in the body only it is applied (spec)."""
     p = platform(request)
     with p.store.session() as s:
         svc = _get_service(s, project_id, service_id)

@@ -103,10 +103,8 @@ class Orchestrator:
     def wake(self) -> None:
         """Reconcile now instead of at the next tick (after an API change)."""
         if self._loop and self._wake and not self._loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed between the check and the call
                 self._loop.call_soon_threadsafe(self._wake.set)
-            except RuntimeError:
-                pass
 
     def _thread_main(self) -> None:
         asyncio.run(self._main())
@@ -123,10 +121,8 @@ class Orchestrator:
                     await self.tick()
                 except Exception:
                     log.exception("reconcile tick failed; retrying")
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
             await self._shutdown()
         finally:

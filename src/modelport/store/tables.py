@@ -1,4 +1,4 @@
-"""Tables of the store. Only the store and its repositories see these classes; the API uses pydantic models."""
+"""Tables of the store. Only the store and its users see these classes; the API speaks pydantic models."""
 
 from __future__ import annotations
 
