@@ -89,7 +89,7 @@ def run_demo(settings: Settings) -> None:
     c = Client.from_credentials(settings.credentials_file, api_url)
     with console.status("Building the digits example (two versions)…"):
         paths = _build(settings.home / "examples" / "digits")
-    console.print("Importing models digits 1.0.0 (logistic regression) and 2.0.0 (SVM)…")
+    console.print("Importing models digits 1.0.0 (logistic regression) and 2.0.0 (random forest)…")
     model_ids = {v: _model_id(c, v, paths[v]) for v, _w in VERSIONS}
     service_id = _service(c, model_ids)
     console.print(f"Deploying service [bold]{SERVICE}[/] ({service_id}) weighted 80/20…")

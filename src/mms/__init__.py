@@ -1,0 +1,1 @@
+"""ModelArts compatibility: the old MXNet Model Server namespace (`mms.model_service`)."""

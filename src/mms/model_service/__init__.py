@@ -1,0 +1,1 @@
+"""ModelArts compatibility: `mms.model_service.*` base classes, all `modelport.BaseService`."""
