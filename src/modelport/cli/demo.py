@@ -125,10 +125,13 @@ def run_demo(settings: Settings) -> None:
     console.print(
         Panel.fit(
             f"Base URL:    {api_url}\nAPI docs:    {api_url}/docs\nCredentials: {settings.credentials_file}\n"
-            f"Service:     {SERVICE} ({service_id})\n\nTry it:\n{curl}",
+            f"Service:     {SERVICE} ({service_id})",
             title="modelport demo is serving — Ctrl-C to stop",
         )
     )
+    # Outside the panel so that it stays one line a terminal can copy.
+    console.print("Try it:")
+    console.print(curl, soft_wrap=True, highlight=False, markup=False)
 
 
 def start_demo_thread(server: Any, settings: Settings) -> None:

@@ -57,7 +57,8 @@ def up(
             "Stop what uses it or pass --port.",
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    for noisy in ("uvicorn.error", "httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     api_url = f"http://{settings.host}:{settings.port}"
     platform = Platform(settings)
     creds = bootstrap(platform.store, settings, api_url)
