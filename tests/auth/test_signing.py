@@ -106,7 +106,7 @@ TAMPERS = {
 
 @pytest.mark.parametrize("name", list(TAMPERS))
 def test_any_change_to_a_signed_part_is_refused(name: str) -> None:
-    ak, sk, method, path, query, ctype, date, body, sig = VECTORS[1]
+    ak, sk, method, path, _query, ctype, date, body, sig = VECTORS[1]
     req = {"method": method, "path": path, "query": "", "headers": _headers(ak, ctype, date, sig), "body": body,
            "now": _at(date), "secrets": {ak: sk}}  # fmt: skip
     if name == "query":
