@@ -33,12 +33,8 @@ class E:
     )
 
     # Authentication / authorization (spec §1.13 generic codes)
-    NO_TOKEN = ErrorSpec(
-        "ModelArts.0201", 401, "No X-Auth-Token header. Get a token with POST /v3/auth/tokens."
-    )
-    TOKEN_EXPIRED = ErrorSpec(
-        "ModelArts.0202", 401, "Token expired. Get a new one with POST /v3/auth/tokens."
-    )
+    NO_TOKEN = ErrorSpec("ModelArts.0201", 401, "No X-Auth-Token header. Get a token with POST /v3/auth/tokens.")
+    TOKEN_EXPIRED = ErrorSpec("ModelArts.0202", 401, "Token expired. Get a new one with POST /v3/auth/tokens.")
     TOKEN_INVALID = ErrorSpec(
         "ModelArts.0203", 401, "Token is invalid or revoked. Get a new one with POST /v3/auth/tokens."
     )
@@ -63,9 +59,7 @@ class E:
         "Model {model_id} is used by service(s) {services}. Delete or update them first.",
     )
     MODEL_CONFIG_INVALID = ErrorSpec("ModelArts.3015", 400, "config.json is not to spec: {detail}")
-    MODEL_CONFIG_UNSUPPORTED = ErrorSpec(
-        "ModelArts.3016", 400, "config.json has an unsupported value: {detail}"
-    )
+    MODEL_CONFIG_UNSUPPORTED = ErrorSpec("ModelArts.3016", 400, "config.json has an unsupported value: {detail}")
     MODEL_SOURCE_INVALID = ErrorSpec("ModelArts.3017", 400, "Bad source_location {location}: {detail}")
     MODEL_PARAM_INVALID = ErrorSpec("ModelArts.3037", 400, "Invalid parameter {param}: {detail}")
 
@@ -78,9 +72,7 @@ class E:
     SERVICE_EXISTS = ErrorSpec(
         "ModelArts.3503", 409, "A service named {name} already exists. Pick another service_name."
     )
-    SERVICE_MODEL_NOT_FOUND = ErrorSpec(
-        "ModelArts.3506", 400, "Model {model_id} in config[{index}] not found."
-    )
+    SERVICE_MODEL_NOT_FOUND = ErrorSpec("ModelArts.3506", 400, "Model {model_id} in config[{index}] not found.")
     MODEL_NOT_PUBLISHED = ErrorSpec(
         "ModelArts.3515",
         400,
@@ -89,9 +81,7 @@ class E:
     DUPLICATE_MODEL_VERSION = ErrorSpec(
         "ModelArts.3516", 400, "Two configs use the same model version ({model}). Each config needs its own."
     )
-    STATE_CONFLICT = ErrorSpec(
-        "ModelArts.3519", 400, "Service is {status}; {action} is not allowed now. {hint}"
-    )
+    STATE_CONFLICT = ErrorSpec("ModelArts.3519", 400, "Service is {status}; {action} is not allowed now. {hint}")
     TOO_MANY_INSTANCES = ErrorSpec(
         "ModelArts.3522",
         400,
@@ -108,17 +98,31 @@ class E:
     MODEL_TYPE_MISMATCH = ErrorSpec(
         "ModelArts.3589", 400, "Model {model_id} cannot be deployed as a {infer_type} service."
     )
-    WEIGHTS_INVALID = ErrorSpec(
-        "MP.3001", 400, "Weights must be integers 0-100 summing to 100; got {weights}."
+    WEIGHTS_INVALID = ErrorSpec("MP.3001", 400, "Weights must be integers 0-100 summing to 100; got {weights}.")
+
+    # Batch services (spec §6; the OBS path codes of §1.13 cover every storage URL)
+    BATCH_PARAM_MISSING = ErrorSpec(
+        "ModelArts.3610", 400, "{field} must not be empty for a batch service{detail}. See spec §6 for its form."
+    )
+    BATCH_CONFIG_INVALID = ErrorSpec("ModelArts.0101", 400, "Invalid batch config: {detail}")
+    BATCH_PATH_MISSING = ErrorSpec(
+        "ModelArts.3551", 400, "{field} {url} does not exist ({detail}). Create the bucket or directory first."
+    )
+    BATCH_PATH_ERROR = ErrorSpec(
+        "ModelArts.3567", 400, "{field} {url} cannot be written ({detail}). Check the path and its permissions."
+    )
+    BATCH_PATH_INVALID = ErrorSpec(
+        "ModelArts.3572",
+        400,
+        "{field} {url} is not a usable storage URL: {detail}. "
+        "Use an absolute local path, file:///dir, s3://bucket/dir or obs://bucket/dir.",
     )
 
     # Gateway / dispatcher (spec §5.5)
     GW_SERVICE_NOT_FOUND = ErrorSpec(
         "ModelArts.4201", 404, "No service {service_id} behind this address. Check the URL."
     )
-    GW_NO_SERVICE_ID = ErrorSpec(
-        "ModelArts.4201", 400, "URL has no service id. Call /v1/infers/{{service_id}}."
-    )
+    GW_NO_SERVICE_ID = ErrorSpec("ModelArts.4201", 400, "URL has no service id. Call /v1/infers/{{service_id}}.")
     GW_NOT_RUNNING = ErrorSpec("ModelArts.4203", 503, "Service {service_id} is {status}; start it and retry.")
     GW_NO_INSTANCE = ErrorSpec(
         "ModelArts.4302", 503, "Service {service_id} has no ready instance right now; retry shortly."
@@ -130,9 +134,7 @@ class E:
     )
     GW_TIMEOUT = ErrorSpec("ModelArts.4503", 504, "The model did not answer within {timeout} s.")
     GW_BODY_TOO_LARGE = ErrorSpec("ModelArts.4104", 413, "Request body is over the {limit}-byte limit.")
-    GW_STOPPING = ErrorSpec(
-        "ModelArts.4700", 503, "The gateway is shutting down; retry on another node or shortly."
-    )
+    GW_STOPPING = ErrorSpec("ModelArts.4700", 503, "The gateway is shutting down; retry on another node or shortly.")
     GW_PROJECT_MISMATCH = ErrorSpec(
         "ModelArts.0210",
         403,
@@ -140,12 +142,16 @@ class E:
     )
 
     # Instance runtimes (the python handler server answers these itself, before any model code runs)
-    RUNTIME_NO_API = ErrorSpec(
-        "MP.4404", 404, "No inference API at {method} {path}. This model serves: {urls}."
-    )
+    RUNTIME_NO_API = ErrorSpec("MP.4404", 404, "No inference API at {method} {path}. This model serves: {urls}.")
     RUNTIME_NOT_READY = ErrorSpec("MP.4503", 503, "The model is {state}; retry once GET /health answers 200.")
     RUNTIME_STOPPED = ErrorSpec(
         "MP.4504", 503, "The instance shut down before the model answered (grace period over); retry."
+    )
+    RUNTIME_NO_WEBSOCKET = ErrorSpec(
+        "MP.4405",
+        403,
+        "This model does not serve WebSocket at {path}: its service class has no `websocket` hook. "
+        "Call it over HTTP, or add `async def websocket(self, messages)` to customize_service.py.",
     )
     BAD_FORM = ErrorSpec(
         "ModelArts.4200",

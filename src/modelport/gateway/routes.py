@@ -6,9 +6,9 @@ hands it to the gateway, which swaps it in atomically. The gateway never reads t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 
 @dataclass(frozen=True, slots=True)

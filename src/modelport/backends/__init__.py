@@ -1,0 +1,1 @@
+"""Backends: where instances run (local processes; Ray later), behind one interface."""
