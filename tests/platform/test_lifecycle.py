@@ -171,8 +171,8 @@ def test_platform_crash_and_restart_readopts_instances(lifecycle) -> None:  # ty
         p.start()
         c2 = p.client()
         svc = wait_until(_settled(c2, sid, ids["1.0.0"], 2), 60, 0.1, "re-adoption")
-        n = load.count()
-        wait_until(lambda: load.count() > n + 50, 10, what="load to flow again")
+        back = time.monotonic()
+        wait_until(lambda: sum(r.started > back + 0.5 for r in list(load.results)) > 50, 15, what="load to flow again")
     finally:
         results = load.stop()
     after = sorted(i["pid"] for cfg in svc["config"] for i in cfg["instances"] if i["status"] == "ready")
@@ -184,11 +184,9 @@ def test_platform_crash_and_restart_readopts_instances(lifecycle) -> None:  # ty
     mine = [int(x) for x in ours if _env_has(int(x), sid, c2)]
     assert len(mine) == 2, mine
     # after the restart every request succeeds again
-    restarted_at = (
-        max(r.started for r in results if r.status is None) if any(r.status is None for r in results) else 0
-    )
-    late = [r for r in results if r.started > restarted_at + 1]
-    assert late and all(r.status == 200 for r in late)
+    # once the platform is back, every request succeeds again
+    late = [r for r in results if r.started > back + 0.5]
+    assert len(late) > 50 and all(r.status == 200 for r in late), [r for r in late if r.status != 200][:3]
     c2.close()
 
 

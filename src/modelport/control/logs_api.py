@@ -136,12 +136,14 @@ def service_logs(
         body = {"service_name": svc.name, "service_id": svc.id}
         if not follow:
             body["logs"] = _update_logs(s, service_id, update_time)
+    # Followers start before the backlog is read: a line written in between shows twice, never zero times.
+    followers = {iid: LogFollower(Path(path)) for iid, path in targets} if follow else {}
     per_instance = [_read(p.backend, iid, path, tail, since_ts) for iid, path in targets]
     merged = list(heapq.merge(*per_instance, key=lambda e: e["time"]))[-tail:] if tail else []
     if not follow:
         return {**body, "instance_logs": merged}
     return StreamingResponse(
-        _follow(request, project_id, service_id, instance_id, merged, {iid for iid, _ in targets}),
+        _follow(request, project_id, service_id, instance_id, merged, followers),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -153,12 +155,11 @@ async def _follow(
     service_id: str,
     wanted: list[str] | None,
     backlog: list[dict[str, str]],
-    known: set[str],
+    followers: dict[str, LogFollower],
 ) -> AsyncIterator[bytes]:
     p = platform(request)
     for entry in backlog:
         yield f"data: {json.dumps(entry)}\n\n".encode()
-    followers: dict[str, LogFollower] = {}
 
     def scan() -> list[tuple[str, str]] | None:
         with p.store.session() as s:
@@ -180,7 +181,7 @@ async def _follow(
             for iid, path in targets:
                 if iid not in followers:
                     # Instances known at the start continue from now; new ones from their first line.
-                    followers[iid] = LogFollower(Path(path), from_start=iid not in known)
+                    followers[iid] = LogFollower(Path(path), from_start=True)  # a new instance: all of it
         out = []
         for iid, f in followers.items():
             out.extend(_entry(iid, raw) for raw in f.poll())
