@@ -30,6 +30,7 @@ $(VENV)/.installed-examples: pyproject.toml constraints.txt | $(VENV)/bin/python
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev]'
 	@touch $@ $(VENV)/.installed-examples
 

@@ -69,9 +69,7 @@ async def run(clients: int, phase_s: float) -> None:
                 svc = c.get_service(sid)
                 insts = [i for i in svc["config"][0]["instances"] if i["status"] != "stopped"]
                 return (
-                    svc["status"] == "running"
-                    and len(insts) == 4
-                    and all(i["model_id"] == ids["2.0.0"] for i in insts)
+                    svc["status"] == "running" and len(insts) == 4 and all(i["model_id"] == ids["2.0.0"] for i in insts)
                 )
 
             while not await asyncio.to_thread(settled):

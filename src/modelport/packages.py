@@ -28,6 +28,10 @@ What config.json may say, beyond the spec's own fields (§3.2):
   numbers may be strings, as in the spec's examples. The `python` runtime always serves
   `GET /health` itself (503 until the model is loaded), so for it only the timings are taken
   and the initial delay defaults to 0; command models default to the spec's console values.
+* `stream` (ours; python runtime): how a handler that returns a generator is streamed —
+  `{"done_event": false, "keepalive_s": 15}`. `done_event: true` ends every Server-Sent
+  Events stream with `data: [DONE]`; `keepalive_s` is the silence after which a `: keep-alive`
+  comment is sent so proxies keep an idle stream open (0 turns it off).
 * `model_algorithm` is required by the spec; a missing one defaults to `unknown_algorithm`.
 """
 
@@ -77,6 +81,14 @@ class HealthConfig:
     failure_threshold: int = 12
 
 
+@dataclass(frozen=True)
+class StreamConfig:
+    """How the python runtime streams a handler's generator (config.json `stream`)."""
+
+    done_event: bool = False  # end SSE streams with `data: [DONE]`
+    keepalive_s: float = 15.0  # silence before a keep-alive comment; 0 = never
+
+
 # Spec §4 console defaults for custom images: their servers may need a while before they even listen.
 COMMAND_HEALTH_DEFAULTS = HealthConfig(initial_delay_seconds=12.0)
 # Our python runtime answers /health (503) from its first moment, so probing can start at once.
@@ -97,6 +109,7 @@ class ModelPackage:
     envs: dict[str, str] = field(default_factory=dict)
     health: HealthConfig = field(default_factory=HealthConfig)
     apis: list[dict[str, Any]] = field(default_factory=list)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     @property
     def model_name(self) -> str:
@@ -123,13 +136,14 @@ class ModelPackage:
         if self.runtime_kind == "command":
             assert self.command is not None
             return list(self.command)
-        # llm packages also go through our runtime, which says clearly that it cannot run them yet.
+        if self.runtime_kind == "llm":
+            return [python, "-m", "modelport.llm", str(self.root)]
         return [python, "-m", "modelport.runtime", str(self.root)]
 
     def instance_env(self) -> dict[str, str]:
         """Extra environment the instance needs (the backend adds PORT and HOST)."""
         env = dict(self.envs)
-        if self.runtime_kind == "python":
+        if self.runtime_kind in ("python", "llm"):
             # Instance output goes to log files; unbuffered so a crash's last lines are not lost.
             env.setdefault("PYTHONUNBUFFERED", "1")
         return env
@@ -148,9 +162,7 @@ def load_package(root: Path) -> ModelPackage:
     if not root.is_dir():
         raise _source(root, "it is not a directory. Point it at the directory that holds model/.")
     if not model_dir.is_dir():
-        raise _source(
-            root, "it has no model/ directory. A package is <dir>/model/config.json (+ code, weights)."
-        )
+        raise _source(root, "it has no model/ directory. A package is <dir>/model/config.json (+ code, weights).")
     if not config_path.is_file():
         raise _source(root, "model/config.json is missing. Every package needs exactly one.")
     config = _read_config(config_path)
@@ -161,36 +173,30 @@ def load_package(root: Path) -> ModelPackage:
     if not isinstance(model_type, str) or model_type not in SUPPORTED_TYPES:
         raise PlatformError(
             E.MODEL_CONFIG_UNSUPPORTED,
-            detail=f"model_type {model_type!r}; use one of {', '.join(sorted(SUPPORTED_TYPES))} "
-            "(case-sensitive).",
+            detail=f"model_type {model_type!r}; use one of {', '.join(sorted(SUPPORTED_TYPES))} (case-sensitive).",
         )
     _check_str(config, "model_algorithm")
     _check_str(config, "model_name")
     apis = _parse_apis(config.get("apis"))
     envs = _parse_envs(config.get("envs"))
+    stream = _parse_stream(config.get("stream"))
 
     if model_type in ENGINE_TYPES:
         for i, api in enumerate(apis):
             if api["url"] == "/health":
-                raise _invalid(
-                    f"apis[{i}].url: /health is the health check of the instance; pick another url."
-                )
+                raise _invalid(f"apis[{i}].url: /health is the health check of the instance; pick another url.")
         if not (model_dir / HANDLER_FILE).is_file():
-            raise _source(
-                root, f"model/{HANDLER_FILE} is missing; model_type {model_type} needs it (spec §3.3)."
-            )
+            raise _source(root, f"model/{HANDLER_FILE} is missing; model_type {model_type} needs it (spec §3.3).")
         health = _parse_health(config.get("health"), PYTHON_HEALTH_DEFAULTS)
         # Our server answers GET /health itself; only the probe timings are the package's to choose.
         health = replace(health, check_method="HTTP", url="/health", command=None)
-        return ModelPackage(root, model_dir, config, model_type, "python", None, None, envs, health, apis)
+        return ModelPackage(root, model_dir, config, model_type, "python", None, None, envs, health, apis, stream)
     if model_type in COMMAND_TYPES:
         command = _parse_command(config.get("cmd"), config)
         port = _parse_port(config.get("port", DEFAULT_PORT))
         health = _parse_health(config.get("health"), COMMAND_HEALTH_DEFAULTS)
         return ModelPackage(root, model_dir, config, model_type, "command", command, port, envs, health, apis)
-    return ModelPackage(
-        root, model_dir, config, model_type, "llm", None, None, envs, PYTHON_HEALTH_DEFAULTS, apis
-    )
+    return ModelPackage(root, model_dir, config, model_type, "llm", None, None, envs, PYTHON_HEALTH_DEFAULTS, apis)
 
 
 def _source(root: Path, detail: str) -> PlatformError:
@@ -207,9 +213,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise _invalid(f"{path} is not UTF-8 text ({exc}).") from exc
     except json.JSONDecodeError as exc:
-        raise _invalid(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
-        ) from exc
+        raise _invalid(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from exc
     if not isinstance(config, dict):
         raise _invalid(f"{path} must hold a JSON object {{...}}, not a {type(config).__name__}.")
     return config
@@ -256,6 +260,18 @@ def _parse_envs(raw: Any) -> dict[str, str]:
             raise _invalid(f"envs.{name} must be a string, got {json.dumps(value)}.")
         envs[name] = str(value)
     return envs
+
+
+def _parse_stream(raw: Any) -> StreamConfig:
+    if raw is None:
+        return StreamConfig()
+    if not isinstance(raw, dict):
+        raise _invalid('field \'stream\' must be an object like {"done_event": true, "keepalive_s": 15}.')
+    done = raw.get("done_event", False)
+    if not isinstance(done, bool):
+        raise _invalid(f"stream.done_event must be true or false, got {json.dumps(done)}.")
+    keepalive = _seconds(raw, "keepalive_s", StreamConfig.keepalive_s, zero_ok=True, where="stream")
+    return StreamConfig(done_event=done, keepalive_s=keepalive)
 
 
 def _parse_command(raw: Any, config: dict[str, Any]) -> tuple[str, ...]:
@@ -315,16 +331,14 @@ def _parse_health(raw: Any, defaults: HealthConfig) -> HealthConfig:
         check_method=method,
         url=url,
         command=command,
-        initial_delay_seconds=_seconds(
-            raw, "initial_delay_seconds", defaults.initial_delay_seconds, zero_ok=True
-        ),
+        initial_delay_seconds=_seconds(raw, "initial_delay_seconds", defaults.initial_delay_seconds, zero_ok=True),
         timeout_seconds=_seconds(raw, "timeout_seconds", defaults.timeout_seconds, zero_ok=False),
         period_seconds=_seconds(raw, "period_seconds", defaults.period_seconds, zero_ok=False),
         failure_threshold=_threshold(raw, defaults.failure_threshold),
     )
 
 
-def _seconds(raw: dict[str, Any], name: str, default: float, *, zero_ok: bool) -> float:
+def _seconds(raw: dict[str, Any], name: str, default: float, *, zero_ok: bool, where: str = "health") -> float:
     value = raw.get(name)
     if value is None:
         return default
@@ -333,15 +347,10 @@ def _seconds(raw: dict[str, Any], name: str, default: float, *, zero_ok: bool) -
             raise ValueError
         seconds = float(value)
     except (TypeError, ValueError):
-        raise _invalid(f"health.{name} must be a number of seconds, got {json.dumps(value)}.") from None
-    if (
-        seconds != seconds
-        or seconds in (float("inf"), float("-inf"))
-        or seconds < 0
-        or (seconds == 0 and not zero_ok)
-    ):
+        raise _invalid(f"{where}.{name} must be a number of seconds, got {json.dumps(value)}.") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0 or (seconds == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
-        raise _invalid(f"health.{name} must be {bound}, got {json.dumps(value)}.")
+        raise _invalid(f"{where}.{name} must be {bound}, got {json.dumps(value)}.")
     return seconds
 
 

@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelport.auth.tokens import TokenClaims
+from modelport.batch.checkpoint import progress_fields
+from modelport.batch.spec import validate as validate_batch
 from modelport.control.deps import caller, platform
 from modelport.control.flavors import node_capacity, resources, specifications_body
 from modelport.control.schemas import CreateServiceRequest, ScheduleIn, ServiceConfigIn, UpdateServiceRequest
@@ -42,11 +44,17 @@ def due_time(schedule: list[dict[str, Any]] | None, start_ms: int) -> int | None
 
 
 def _validate_configs(
-    s: Session, p: Any, project_id: str, configs: list[ServiceConfigIn], exclude_service: str | None
+    s: Session,
+    p: Any,
+    project_id: str,
+    configs: list[ServiceConfigIn],
+    exclude_service: str | None,
+    batch: bool = False,
 ) -> list[dict[str, Any]]:
     """Check models, weights, duplicates and capacity; return the configs to store."""
     weights = [c.weight for c in configs]
-    if any(w is None for w in weights) or any(not 0 <= w <= 100 for w in weights) or sum(weights) != 100:  # type: ignore[operator,misc,arg-type]
+    bad = any(w is None for w in weights) or any(not 0 <= w <= 100 for w in weights) or sum(weights) != 100  # type: ignore[operator,misc,arg-type]
+    if bad and not batch:  # a batch service has one config and no traffic to split (spec §6)
         raise PlatformError(E.WEIGHTS_INVALID, weights=weights)
     seen: dict[str, int] = {}
     out = []
@@ -57,10 +65,6 @@ def _validate_configs(
             raise PlatformError(E.SERVICE_MODEL_NOT_FOUND, model_id=c.model_id, index=i)
         if model.status != "published":
             raise PlatformError(E.MODEL_NOT_PUBLISHED, model_id=c.model_id, status=model.status)
-        if model.model_type == "LLM":
-            raise PlatformError(
-                E.MODEL_TYPE_MISMATCH, model_id=c.model_id, infer_type="real-time (LLM runtime not built yet)"
-            )
         if c.model_id in seen:
             raise PlatformError(E.DUPLICATE_MODEL_VERSION, model=f"{model.name} {model.version}")
         seen[c.model_id] = i
@@ -86,6 +90,14 @@ def _validate_configs(
             detail=f"{capacity - in_use:g} of {capacity:g} vCPU free",
         )
     return out
+
+
+def _validate_batch(p: Any, project_id: str, configs: list[ServiceConfigIn]) -> None:
+    """Batch config (spec §6) and a writable dest_path, checked before anything is stored."""
+    with p.store.session() as s:
+        model = s.get(Model, configs[0].model_id) if configs else None
+        model_config = model.config if model is not None and model.project_id == project_id else None
+    validate_batch([c.model_dump(exclude_none=True) for c in configs], model_config)
 
 
 def _get_service(s: Session, project_id: str, service_id: str) -> Service:
@@ -143,6 +155,8 @@ def service_body(s: Session, svc: Service, base_url: str, detail: bool = True) -
         else None,
         **svc.extra,
     }
+    if svc.infer_type == "batch":  # job progress instead of deploy progress; start/finished times
+        body.update(progress_fields(s, svc))
     if not detail:
         return body
     configs = []
@@ -175,6 +189,11 @@ def service_body(s: Session, svc: Service, base_url: str, detail: bool = True) -
                 ],
             }
         )
+    if svc.infer_type == "batch":
+        for cfg in configs:
+            cfg.update(start_time=body["start_time"], finished_time=body["finished_time"])
+            if svc.status in ("finished", "failed"):
+                cfg["status"] = svc.status
     body["config"] = configs
     return body
 
@@ -196,8 +215,10 @@ def create_service(
 ) -> dict[str, Any]:
     """Deploy a service. Validation is complete before anything is stored; the orchestrator then starts it."""
     p = platform(request)
-    if body.infer_type != "real-time":
+    if body.infer_type not in ("real-time", "batch"):
         raise PlatformError(E.INFER_TYPE_UNSUPPORTED, infer_type=body.infer_type)
+    if body.infer_type == "batch":
+        _validate_batch(p, project_id, body.config)
     service_id = str(uuid.uuid4())
     now = now_ms()
     with p.store.session() as s:
@@ -209,7 +230,7 @@ def create_service(
             )
         ):
             raise PlatformError(E.SERVICE_EXISTS, name=body.service_name)
-        configs = _validate_configs(s, p, project_id, body.config, None)
+        configs = _validate_configs(s, p, project_id, body.config, None, batch=body.infer_type == "batch")
         schedule = [x.model_dump() for x in body.schedule] if body.schedule else None
         extra = body.model_dump(
             include={
@@ -314,13 +335,20 @@ def _apply_status(s: Session, svc: Service, wanted: str) -> None:
     if svc.status == "deleting":
         raise PlatformError(E.STATE_CONFLICT, status=svc.status, action=f"setting status {wanted}", hint="")
     if wanted == "stopped":
-        if svc.desired == "stopped":
+        if svc.desired in ("stopped", "finished"):
             return
         svc.desired, svc.status, svc.error_msg = "stopped", "stopping", None
         add_event(s, svc.id, svc.project_id, f"Service {svc.name} is stopping.")
     else:
         if svc.desired == "running" and svc.status not in ("failed",):
             return
+        if svc.desired == "finished":
+            raise PlatformError(
+                E.STATE_CONFLICT,
+                status="finished",
+                action="starting",
+                hint="Its results are in dest_path; create a new batch service to run the job again.",
+            )
         if svc.status == "stopping":
             raise PlatformError(
                 E.STATE_CONFLICT,
@@ -358,6 +386,11 @@ def update_service(
             if svc.status in ("stopping", "deleting"):
                 raise PlatformError(
                     E.STATE_CONFLICT, status=svc.status, action="updating", hint="Wait until it has finished."
+                )
+            if body.config is not None and svc.infer_type == "batch":
+                raise PlatformError(
+                    E.BATCH_CONFIG_INVALID,
+                    detail="the config of a batch service cannot be changed; create a new batch service",
                 )
             if body.config is not None:
                 _update_config(s, p, svc, body.config)

@@ -29,13 +29,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from modelport.backends.base import Backend, InstanceHandle, InstanceSpec
+from modelport.control.flavors import resources
 from modelport.orchestrator.probes import Prober, ProbeResult
 from modelport.orchestrator.status import LIVE, InstanceView, service_state
 from modelport.packages import HealthConfig, ModelPackage, load_package
 from modelport.settings import Settings
 from modelport.store.db import Store
 from modelport.store.events import add_event
-from modelport.store.tables import Event, Instance, Model, Service, ServiceUpdate
+from modelport.store.tables import BatchJob, BatchRecord, Event, Instance, Model, Service, ServiceUpdate
 from modelport.timeutil import now_ms
 
 log = logging.getLogger("modelport.orchestrator")
@@ -270,13 +271,16 @@ class Orchestrator:
     ) -> None:
         """Decide which instances to create, start again, or drain for this service."""
         live = [i for i in insts if i.status in LIVE and i.status != "draining"]
-        if svc.desired in ("stopped", "deleted"):
+        # "finished"/"failed": a batch job that ended (set by the batch runner); its instances go.
+        if svc.desired in ("stopped", "deleted", "finished", "failed"):
             for inst in live:
                 self._mark_drain(s, svc, inst, drains, "the service is stopping")
             if svc.desired == "deleted" and not any(i.status in LIVE for i in insts):
                 s.execute(delete(Event).where(Event.service_id == svc.id))
                 s.execute(delete(Instance).where(Instance.service_id == svc.id))
                 s.execute(delete(ServiceUpdate).where(ServiceUpdate.service_id == svc.id))
+                s.execute(delete(BatchRecord).where(BatchRecord.service_id == svc.id))
+                s.execute(delete(BatchJob).where(BatchJob.service_id == svc.id))
                 s.delete(svc)
                 shutil.rmtree(self.settings.logs_dir / svc.id, ignore_errors=True)
             return
@@ -415,6 +419,10 @@ class Orchestrator:
             **(cfg.get("envs") or {}),
             "MODELPORT_GRACE_S": str(grace),
         }
+        if pkg.runtime_kind == "llm":
+            # Threads per engine from the flavor, so several instances don't oversubscribe the cores.
+            cpu, _mem = resources(cfg["specification"], cfg.get("custom_spec"))
+            env.setdefault("MODELPORT_LLM_THREADS", str(max(1, int(cpu))))
         return InstanceSpec(
             instance_id=inst.id,
             argv=pkg.instance_argv(),
@@ -601,7 +609,7 @@ class Orchestrator:
         models: dict[str, tuple[str, str]] = {}
         routes = {}
         for svc in services:
-            if svc.desired == "deleted":
+            if svc.desired == "deleted" or svc.infer_type == "batch":  # batch: no gateway traffic
                 continue
             ready = [i for i in by_service.get(svc.id, []) if i.status == "ready" and i.handle]
             versions = []

@@ -7,7 +7,7 @@ works in `DIR/model`, whatever the runtime:
 * `python` packages are served by `modelport.runtime.server`;
 * `command` packages replace this process (exec) with their `cmd`, with `PORT`/`HOST` set and
   the package's `envs` added (the environment the instance was started with wins);
-* `llm` packages are refused (exit 2): their runtime is not available yet.
+* `llm` packages are served by the built-in LLM engine (`modelport.llm`).
 
 A package that fails validation exits 2 with the platform error on stderr. Only the standard
 library, `modelport.packages` and `modelport.errors` are imported before the runtime is
@@ -45,10 +45,9 @@ def run_instance(root: Path, host: str | None, port: int | None) -> None:
     if package.runtime_kind == "command":
         _exec_command(package, host, port)
     if package.runtime_kind == "llm":
-        _die(
-            EXIT_BAD_PACKAGE,
-            f"{package.root}: model_type {package.model_type}: the LLM runtime is not available yet.",
-        )
+        from modelport.llm.__main__ import run as run_llm
+
+        raise SystemExit(run_llm(package.root, host, port))
     from modelport.runtime.server import serve
 
     for name, value in package.instance_env().items():
@@ -86,9 +85,7 @@ def _die(code: int, message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m modelport.runtime", description="Run one model instance."
-    )
+    parser = argparse.ArgumentParser(prog="python -m modelport.runtime", description="Run one model instance.")
     parser.add_argument("package", type=Path, help="the package directory (the one holding model/)")
     parser.add_argument("--host", help="address to listen on (default $HOST, else 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default $PORT, else 8080)")
