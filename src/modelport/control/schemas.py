@@ -154,7 +154,7 @@ class CreateServiceRequest(_Strict):
     security_group_id: str | None = None
     subnet_network_id: str | None = None
     additional_properties: dict[str, Any] | None = None
-    load_balancer_policy: Literal["ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP"] | None = None
+    load_balancer_policy: Literal["ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP", "PREFIX_AFFINITY"] | None = None
     service_secrets: list[dict[str, Any]] | None = None
     priority: LenientInt | None = Field(default=None, ge=1, le=3)
 
@@ -174,7 +174,7 @@ class UpdateServiceRequest(_Strict):
     status: Literal["running", "stopped"] | None = None
     schedule: list[ScheduleIn] | None = None
     additional_properties: dict[str, Any] | None = None
-    load_balancer_policy: Literal["ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP"] | None = None
+    load_balancer_policy: Literal["ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP", "PREFIX_AFFINITY"] | None = None
     service_secrets: list[dict[str, Any]] | None = None
     priority: LenientInt | None = Field(default=None, ge=1, le=3)
 

@@ -39,6 +39,10 @@ class ServiceRoute:
     max_body_bytes: int | None = None  # None: gateway default
     timeout_s: float | None = None  # None: gateway default
     auth_required: bool = True
+    # Instance choice: LEAST_CONNECTIONS (default), ROUND_ROBIN, SOURCE_IP, or PREFIX_AFFINITY (LLM services).
+    policy: str = "LEAST_CONNECTIONS"
+    kind: str = "python"  # runtime of the service's models: python | command | llm
+    websocket: bool = False  # additional_properties.websocket_upgrade
 
 
 @dataclass(frozen=True)

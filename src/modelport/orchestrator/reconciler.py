@@ -398,19 +398,27 @@ class Orchestrator:
             drains.append((inst.id, handle, grace))
             add_event(s, svc.id, svc.project_id, f"Instance {inst.id} is draining: {why}.")
 
+    def _package(self, s: Session, model_id: str) -> ModelPackage | None:
+        """The model's package (health config, runtime), loaded once from the model store."""
+        pkg = self._packages.get(model_id)
+        if pkg is None:
+            model = s.get(Model, model_id)
+            if model is None or not model.store_path:
+                return None
+            pkg = self._packages[model_id] = load_package(Path(model.store_path))
+        return pkg
+
     def _spec(self, s: Session, svc: Service, inst: Instance, cfg: dict[str, Any]) -> InstanceSpec | None:
         model = s.get(Model, inst.model_id)
         if model is None or not model.store_path:
             inst.status, inst.message = "failed", f"Model {inst.model_id} is gone from the model store."
             return None
-        pkg = self._packages.get(model.id)
-        if pkg is None:
-            try:
-                pkg = load_package(Path(model.store_path))
-            except Exception as exc:  # the package was valid at import; report whatever broke it since
-                inst.status, inst.message = "failed", f"Model package unreadable: {exc}"
-                return None
-            self._packages[model.id] = pkg
+        try:
+            pkg = self._package(s, model.id)
+        except Exception as exc:  # the package was valid at import; report whatever broke it since
+            inst.status, inst.message = "failed", f"Model package unreadable: {exc}"
+            return None
+        assert pkg is not None
         props = cfg.get("additional_properties") or {}
         grace = min(90, int(props.get("termination_grace_period_seconds", 60)))
         env = {
@@ -418,6 +426,9 @@ class Orchestrator:
             **pkg.instance_env(),
             **(cfg.get("envs") or {}),
             "MODELPORT_GRACE_S": str(grace),
+            # The names users registered, for protocols that address a model by name (V2).
+            "MODELPORT_MODEL_NAME": model.name,
+            "MODELPORT_MODEL_VERSION": model.version,
         }
         if pkg.runtime_kind == "llm":
             # Threads per engine from the flavor, so several instances don't oversubscribe the cores.
@@ -480,7 +491,10 @@ class Orchestrator:
         for inst in insts:
             if inst.status not in ("starting", "ready", "notReady") or not inst.handle:
                 continue
-            pkg = self._packages.get(inst.model_id)
+            try:
+                pkg = self._package(s, inst.model_id)
+            except Exception:
+                pkg = None
             health = pkg.health if pkg else HealthConfig()
             st = self._probes.setdefault(inst.id, _Probe())
             if inst.status == "starting":
@@ -631,7 +645,17 @@ class Orchestrator:
                     versions.append(
                         VersionRoute(f"{slot}:{model_id}", model_id, name, version, weight, endpoints)
                     )
-            routes[svc.id] = ServiceRoute(svc.id, svc.project_id, svc.status, tuple(versions))
+            kind = self._kind(svc)
+            default_policy = "PREFIX_AFFINITY" if kind == "llm" else "LEAST_CONNECTIONS"
+            routes[svc.id] = ServiceRoute(
+                svc.id,
+                svc.project_id,
+                svc.status,
+                tuple(versions),
+                policy=svc.extra.get("load_balancer_policy") or default_policy,
+                kind=kind,
+                websocket=bool(svc.additional_properties.get("websocket_upgrade")),
+            )
         sig = tuple(sorted((k, v.status, v.versions) for k, v in routes.items()))
         if sig != self._routes_sig:
             self._routes_sig = sig
@@ -654,6 +678,11 @@ class Orchestrator:
         for labels in self._metric_labels - seen:
             INSTANCES.remove(*labels)
         self._metric_labels = seen
+
+    def _kind(self, svc: Service) -> str:
+        """Runtime of the service's models (`llm` if any config runs the LLM engine)."""
+        kinds = {self._packages[c["model_id"]].runtime_kind for c in svc.config if c["model_id"] in self._packages}
+        return "llm" if "llm" in kinds else ("command" if kinds == {"command"} else "python")
 
     def _model_label(self, model_id: str) -> tuple[str, str]:
         with self.store.session() as s:

@@ -12,6 +12,25 @@ unmodified). The python runtime constructs it once, then for every request calls
   into lists/numbers), or `str`/`bytes` to answer text/binary as is.
 * An exception in these hooks is the model's error: the caller gets 500
   `{"erno": "MR.0105", "msg": "<type>: <message>"}` and the traceback goes to the log.
+* Streaming: when `inference(data)` returns an iterator — typically `_inference` is a
+  generator (`yield` per token) or an async generator (`async def` + `yield`) and the default
+  `_postprocess` passes it through; a `_postprocess` that transforms items must itself return
+  an iterator — the response is streamed item by item as Server-Sent Events, or as JSON lines
+  when the client sends `Accept: application/x-ndjson` (`modelport.runtime.streaming`; config.json
+  `stream` sets the `[DONE]` event and keep-alives). A client that disconnects closes the
+  generator: `GeneratorExit` at its `yield`.
+
+Optional hooks, found by name (the runtime never calls them unless the subclass defines them):
+
+* `websocket(self, messages)` serves WebSocket sessions at the package's API urls: an async
+  generator method (`async for message in messages: yield reply`) runs on the event loop, a
+  plain generator method on a thread of its own. Messages are `str` (text frames) or `bytes`
+  (binary); replies likewise (anything else is sent as JSON text). Without it, upgrades are
+  refused with 403 MP.4405. See `modelport.runtime.websocket`.
+* `infer_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]` answers Open
+  Inference Protocol V2 calls (`POST /v2/models/{name}/infer`). Without it, V2 calls go through
+  `inference()` with the decoded tensors as a dict of numpy arrays and a dict (or one array) as
+  the result. See `modelport.runtime.v2`.
 
 Construction: DL engines take `__init__(self, model_name, model_path)`, ML engines
 `__init__(self, model_path)`; the runtime looks at the subclass's signature and calls the one

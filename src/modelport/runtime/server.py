@@ -22,65 +22,52 @@ the event loop — and `/health` — stay responsive while user code runs. Answe
   ModelArts.4105, malformed multipart 400 ModelArts.4200, unknown path 404 MP.4404, model not
   ready 503 MP.4503, request cut by a shutdown past its grace period 503 MP.4504.
 
+A handler that returns an iterator (a generator, an async generator...) is streamed as
+Server-Sent Events or JSON lines (`streaming`). A WebSocket upgrade at an API url runs the
+service's `websocket` hook (`websocket`). `/v2/...` speaks the Open Inference Protocol V2
+(`v2`; needs numpy). An API url declared in config.json wins over a `/v2` path of the same name.
+
+Knobs (environment): MODELPORT_HANDLER_THREADS (4), MODELPORT_GRACE_S (60, at most 90),
+MODELPORT_WS_MAX_BYTES (16 MiB, largest WebSocket message), MODELPORT_MODEL_NAME /
+MODELPORT_MODEL_VERSION (the name and version V2 clients use; default config.json
+`model_name`, else the package directory's name, and no version). Streams: config.json `stream`.
+
 The request path is a raw ASGI app (no framework) because per-request overhead is what
-bounds the throughput of small models.
+bounds the throughput of small models; everything but plain predictions branches off it
+after the checks a prediction needs anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from modelport.errors import E, ErrorSpec, PlatformError
 from modelport.packages import ModelPackage
+from modelport.runtime import streaming, websocket
+from modelport.runtime.asgi import Receive, Scope, Send
+from modelport.runtime.pool import HandlerPool
+from modelport.runtime.results import JSON, PLAIN_TYPES, encode_result, is_stream, model_error
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 Response = tuple[int, bytes, bytes]  # status, content type, body
 
 log = logging.getLogger("modelport.runtime")
 
-JSON = b"application/json"
-TEXT = b"text/plain; charset=utf-8"
-OCTETS = b"application/octet-stream"
-MODEL_ERROR_CODE = "MR.0105"
 # Files above this size are spooled to a temporary file while the form is parsed.
 FORM_MEMORY_LIMIT = 1024 * 1024
 # How long a failed load keeps answering /health 500 before the process exits.
 FAILED_EXIT_DELAY_S = 1.0
-HANDLER_THREAD_PREFIX = "modelport-handler"
 GRACE_DEFAULT_S, GRACE_MAX_S = 60, 90
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy arrays and scalars are the usual non-JSON results of model code.
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, set | frozenset):
-        return list(obj)
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def encode_result(result: Any) -> tuple[bytes, bytes]:
-    """The handler's result as (content type, body)."""
-    if isinstance(result, bytes | bytearray | memoryview):
-        return OCTETS, bytes(result)
-    if isinstance(result, str):
-        # ModelArts code often returns json.dumps(...) from _postprocess.
-        return (JSON if result.lstrip()[:1] in ("{", "[") else TEXT), result.encode()
-    return JSON, json.dumps(result, ensure_ascii=False, default=_json_default).encode()
 
 
 def _error(spec: ErrorSpec, **fields: Any) -> Response:
@@ -93,60 +80,34 @@ class _BadRequest(Exception):
         self.response = response
 
 
-class HandlerPool:
-    """A fixed set of daemon threads running handler calls for the event loop.
+class Streamed:
+    """A handler's result that is streamed rather than sent as one body (see `streaming`)."""
 
-    Leaner than `loop.run_in_executor` (one queue put and one loop callback per call, no
-    concurrent.futures wrapping), which measurably raises throughput for small models. Daemon
-    threads, so a handler still stuck after the grace period cannot keep the process alive.
-    """
+    __slots__ = ("items",)
 
-    def __init__(self, threads: int) -> None:
-        self._jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Any, Any] | None]
-        self._jobs = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{HANDLER_THREAD_PREFIX}-{i}", daemon=True)
-            for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def run(self, service: Any, data: Any) -> asyncio.Future[Response]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response] = loop.create_future()
-        self._jobs.put((loop, future, service, data))
-        return future
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-
-    def _work(self) -> None:
-        get = self._jobs.get
-        while (job := get()) is not None:
-            loop, future, service, data = job
-            response = _predict(service, data)
-            try:
-                loop.call_soon_threadsafe(_resolve, future, response)
-            except RuntimeError:  # loop closed: the server is gone, nobody waits for this answer
-                return
-
-
-def _resolve(future: asyncio.Future[Response], response: Response) -> None:
-    if not future.done():  # the request may have been cancelled (client gone, grace period over)
-        future.set_result(response)
+    def __init__(self, items: Any) -> None:
+        self.items = items
 
 
 class HandlerApp:
     """The ASGI app. `state` goes loading -> ready | failed, set by the loader thread."""
 
-    def __init__(self, urls: tuple[str, ...], threads: int) -> None:
-        self.urls = frozenset(urls)
+    def __init__(
+        self,
+        package: ModelPackage,
+        threads: int,
+        model_name: str | None = None,
+        model_version: str | None = None,
+    ) -> None:
+        self.urls = frozenset(package.api_urls)
         self.urls_text = ", ".join(sorted(self.urls))
+        self.stream = package.stream
         self.state = "loading"
         self.error = ""
         self.service: Any = None
         self.pool = HandlerPool(threads)
+        self._v2_args = (model_name or package.model_name, model_version, package.apis)
+        self._v2: Any = None
 
     def set_ready(self, service: Any) -> None:
         self.service = service
@@ -157,7 +118,9 @@ class HandlerApp:
         self.state = "failed"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan is off; websockets are not part of this runtime
+        if scope["type"] != "http":  # lifespan is off
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
             return
         path: str = scope["path"]
         if path == "/health":
@@ -166,9 +129,10 @@ class HandlerApp:
         if len(path) > 1 and path[-1] == "/":
             path = path.rstrip("/") or "/"
         if path not in self.urls:
-            await _send(
-                send, *_error(E.RUNTIME_NO_API, method=scope["method"], path=path, urls=self.urls_text)
-            )
+            if path == "/v2" or path.startswith("/v2/"):
+                await self._open_inference(scope, receive, send)
+                return
+            await _send(send, *_error(E.RUNTIME_NO_API, method=scope["method"], path=path, urls=self.urls_text))
             return
         service = self.service
         if service is None:
@@ -180,13 +144,19 @@ class HandlerApp:
             await _send(send, *bad.response)
             return
         try:
-            response = await self.pool.run(service, data)
+            response = await self.pool.run(_predict, service, data)
         except asyncio.CancelledError:
             # Only a shutdown past its grace period cancels us: say so instead of uvicorn's bare 500.
             response = _error(E.RUNTIME_STOPPED)
-        finally:
-            if is_form:
-                _close_files(data)
+        if response.__class__ is Streamed:
+            try:
+                await streaming.respond(scope, receive, send, response.items, self.stream, self.pool)
+            finally:
+                if is_form:
+                    _close_files(data)
+            return
+        if is_form:
+            _close_files(data)
         await _send(send, *response)
 
     def _health(self) -> Response:
@@ -196,16 +166,41 @@ class HandlerApp:
             return 503, JSON, b'{"health": "false", "status": "loading"}'
         return 500, JSON, json.dumps({"health": "false", "error": self.error}).encode()
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if len(path) > 1 and path[-1] == "/":
+            path = path.rstrip("/") or "/"
+        if path not in self.urls:
+            spec, fields = E.RUNTIME_NO_API, {"method": "WebSocket", "path": path, "urls": self.urls_text}
+            await websocket.refuse(scope, receive, send, spec, **fields)
+        elif self.service is None:
+            await websocket.refuse(scope, receive, send, E.RUNTIME_NOT_READY, state=self.state)
+        else:
+            await websocket.serve_session(scope, receive, send, self.service)
 
-def _predict(service: Any, data: Any) -> Response:
+    async def _open_inference(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._v2 is None:
+            try:
+                from modelport.runtime.v2 import V2Protocol
+            except ImportError as exc:  # numpy is not a dependency of the platform itself
+                body = json.dumps({"error": f"the V2 protocol needs numpy in this instance ({exc})"})
+                await _send(send, 501, JSON, body.encode())
+                return
+            self._v2 = V2Protocol(*self._v2_args)
+        await self._v2(scope, receive, send, self)
+
+
+def _predict(service: Any, data: Any) -> Response | Streamed:
     """Runs in the pool: user code and encoding of its result, both the model's responsibility."""
     try:
-        content_type, body = encode_result(service.inference(data))
+        result = service.inference(data)
+        if result.__class__ not in PLAIN_TYPES and is_stream(result):  # inlined check: the hot path
+            return Streamed(result)
+        content_type, body = encode_result(result)
         return 200, content_type, body
     except BaseException as exc:  # even SystemExit: a handler must not take the server down
         traceback.print_exc()
-        msg = {"erno": MODEL_ERROR_CODE, "msg": f"{type(exc).__name__}: {exc}"}
-        return 500, JSON, json.dumps(msg, ensure_ascii=False).encode()
+        return 500, JSON, json.dumps(model_error(exc), ensure_ascii=False).encode()
 
 
 async def _send(send: Send, status: int, content_type: bytes, body: bytes) -> None:
@@ -223,7 +218,7 @@ async def _read_request(scope: Scope, receive: Receive) -> tuple[Any, bool]:
             break
     if content_type.startswith(b"multipart/form-data"):
         return await _read_form(content_type, receive), True
-    body = await _read_body(receive)
+    body = await read_body(receive)
     if not body:
         return {}, False
     media = content_type.split(b";", 1)[0].strip().lower()
@@ -240,7 +235,7 @@ async def _read_request(scope: Scope, receive: Receive) -> tuple[Any, bool]:
     return body, False
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
@@ -323,8 +318,20 @@ def _load_in_background(app: HandlerApp, package: ModelPackage, on_failure: Call
             return
         app.set_ready(service)
         log.info("model %s ready in %.2f s", package.model_name, time.monotonic() - started)
+        _warm_v2()
 
     threading.Thread(target=load, name="model-loader", daemon=True).start()
+
+
+def _warm_v2() -> None:
+    """Import the V2 adapter off the request path when the model already brought numpy in.
+
+    A model without numpy does not pay its memory unless a V2 call comes (then the first one
+    waits for the import).
+    """
+    if "numpy" in sys.modules:
+        with contextlib.suppress(ImportError):
+            import modelport.runtime.v2  # noqa: F401
 
 
 def _env_number(name: str, default: int, low: int, high: int) -> int:
@@ -345,7 +352,13 @@ def serve(package: ModelPackage, host: str, port: int) -> int:
     _setup_logging()
     threads = _env_number("MODELPORT_HANDLER_THREADS", 4, 1, 1024)
     grace = _env_number("MODELPORT_GRACE_S", GRACE_DEFAULT_S, 0, GRACE_MAX_S)
-    app = HandlerApp(package.api_urls, threads)
+    ws_max = _env_number("MODELPORT_WS_MAX_BYTES", websocket.WS_MAX_BYTES_DEFAULT, 1024, 1 << 30)
+    app = HandlerApp(
+        package,
+        threads,
+        os.environ.get("MODELPORT_MODEL_NAME") or None,
+        os.environ.get("MODELPORT_MODEL_VERSION") or None,
+    )
     try:
         import uvloop  # noqa: F401
 
@@ -365,8 +378,13 @@ def serve(package: ModelPackage, host: str, port: int) -> int:
         timeout_graceful_shutdown=grace,
         # Spec §4: the dispatcher reuses idle connections for up to ~200 s.
         timeout_keep_alive=200,
+        ws="auto",  # uvicorn[standard] brings `websockets`
+        ws_max_size=ws_max,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
     )
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_drop_denial_noise)
 
     def stop_after_failure() -> None:
         timer = threading.Timer(FAILED_EXIT_DELAY_S, lambda: setattr(server, "should_exit", True))
@@ -394,6 +412,13 @@ def serve(package: ModelPackage, host: str, port: int) -> int:
     code = 1 if app.state == "failed" else 0
     app.pool.close()
     return code
+
+
+def _drop_denial_noise(record: logging.LogRecord) -> bool:
+    # uvicorn's websockets-sansio logs this after every `websocket.http.response` refusal although
+    # the client got the refusal (upstream bug, Kludex/uvicorn PR 3138); our app never returns
+    # without accepting or refusing, so the line would only mislead whoever reads the log.
+    return record.msg != "ASGI callable returned without completing handshake."
 
 
 def _setup_logging() -> None:
