@@ -171,6 +171,12 @@ def _from_json(where: str, data: Any, datatype: str) -> np.ndarray:
         array = np.asarray(data)
     except ValueError as exc:  # ragged nesting
         raise InvalidInput(f"{where}: data is not a regular nested list ({exc})") from None
+    if array.dtype.kind in "fO" and dtype.kind in "iu" and all(type(x) is int for x in _flatten(data)):
+        # Python ints past int64 (UINT64 above 2**63) make numpy guess float64 or objects: convert exactly.
+        try:
+            array = np.array(data, dtype=dtype)
+        except OverflowError:
+            raise InvalidInput(f"{where}: values out of range for {datatype}") from None
     if array.size and array.dtype.kind not in _JSON_KINDS[dtype.kind]:
         raise InvalidInput(f"{where}: datatype {datatype} needs {_describe_kind(dtype.kind)} in 'data'")
     converted = array.astype(dtype).ravel()
