@@ -52,6 +52,16 @@ def test_llm_service_through_the_gateway(tmp_path: Path) -> None:
             )
         )
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+        # the engines' figures are summarised in ShowService
+        from tests.conftest import wait_until
+
+        stats = wait_until(
+            lambda: (st := c.get_service(sid).get("llm_stats")) and st["generation_tokens_total"] >= 14 and st,
+            20,
+            what="llm_stats in ShowService",
+        )
+        assert stats["instances_reporting"] == 1 and stats["kv_blocks_total"] > 0
+        assert stats["prefix_cache_queried_tokens"] > 0 and stats["mean_ttft_s"] > 0
         # an OpenAI-style 400 from the model passes through the gateway untouched
         with pytest.raises(openai.BadRequestError) as info:
             client.completions.create(model=model, prompt="x", max_tokens=-1)

@@ -25,6 +25,19 @@ from modelport.timeutil import now_ms
 
 router = APIRouter(tags=["services"])
 
+# Spec fields of CreateService kept in `Service.extra` and echoed back; the rest of extra is internal.
+_SPEC_EXTRA = frozenset(
+    {
+        "cluster_id",
+        "pool_name",
+        "vpc_id",
+        "security_group_id",
+        "subnet_network_id",
+        "load_balancer_policy",
+        "service_secrets",
+        "priority",
+    }
+)
 _UNIT_MS = {"MINUTES": 60_000, "HOURS": 3_600_000, "DAYS": 86_400_000}
 _EVENT_INFO_FORBIDDEN = re.compile(r"[`(){}';,\[\]<>/?]")
 LIVE_INSTANCE = ("starting", "ready", "notReady", "crashed", "draining")
@@ -121,10 +134,7 @@ def _config_status(service_status: str, live: list[Instance], count: int) -> str
 
 
 def service_body(s: Session, svc: Service, base_url: str, detail: bool = True) -> dict[str, Any]:
-    models = {
-        m.id: m
-        for m in s.scalars(select(Model).where(Model.id.in_([c["model_id"] for c in svc.config]))).all()
-    }
+    models = {m.id: m for m in s.scalars(select(Model).where(Model.id.in_([c["model_id"] for c in svc.config]))).all()}
     instances = s.scalars(select(Instance).where(Instance.service_id == svc.id)).all() if detail else []
     body: dict[str, Any] = {
         "service_id": svc.id,
@@ -150,11 +160,11 @@ def service_body(s: Session, svc: Service, base_url: str, detail: bool = True) -
         "schedule": svc.schedule,
         "due_time": svc.due_time,
         "additional_properties": svc.additional_properties,
-        "access_address": f"{base_url.rstrip('/')}/v1/infers/{svc.id}"
-        if svc.infer_type == "real-time"
-        else None,
-        **svc.extra,
+        "access_address": f"{base_url.rstrip('/')}/v1/infers/{svc.id}" if svc.infer_type == "real-time" else None,
+        **{k: v for k, v in svc.extra.items() if k in _SPEC_EXTRA},
     }
+    if "llm_stats" in svc.extra:
+        body["llm_stats"] = svc.extra["llm_stats"]
     if svc.infer_type == "batch":  # job progress instead of deploy progress; start/finished times
         body.update(progress_fields(s, svc))
     if not detail:
@@ -268,11 +278,7 @@ def create_service(
             )
         )
         s.flush()
-        s.add(
-            ServiceUpdate(
-                service_id=service_id, generation=1, update_time=now, result="RUNNING", config=configs
-            )
-        )
+        s.add(ServiceUpdate(service_id=service_id, generation=1, update_time=now, result="RUNNING", config=configs))
         add_event(s, service_id, project_id, f"Start to deploy service {body.service_name}.")
         if schedule:
             add_event(s, service_id, project_id, "Auto-stop is enabled.")
@@ -360,9 +366,7 @@ def _apply_status(s: Session, svc: Service, wanted: str) -> None:
         svc.desired, svc.status, svc.error_msg, svc.progress = "running", "deploying", None, 0
         svc.due_time = due_time(svc.schedule, now)
         # A start is a fresh attempt: instances that failed before get their start budget back.
-        for inst in s.scalars(
-            select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")
-        ):
+        for inst in s.scalars(select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")):
             inst.status = "stopped"
         add_event(s, svc.id, svc.project_id, f"Start service {svc.name}.")
     svc.transition_at = now_ms()
@@ -400,9 +404,7 @@ def update_service(
                 _update_schedule(s, svc, body.schedule)
             if body.additional_properties is not None:
                 svc.additional_properties = {**svc.additional_properties, **body.additional_properties}
-            extra = body.model_dump(
-                include={"load_balancer_policy", "service_secrets", "priority"}, exclude_none=True
-            )
+            extra = body.model_dump(include={"load_balancer_policy", "service_secrets", "priority"}, exclude_none=True)
             if extra:
                 svc.extra = {**svc.extra, **extra}
         svc.update_time = now_ms()
@@ -424,28 +426,20 @@ def _update_config(s: Session, p: Any, svc: Service, configs: list[ServiceConfig
     svc.generation += 1
     rolling = instances_change and svc.desired == "running"
     result = "RUNNING" if rolling else "SUCCESS"  # a weight change is done once the route table has it
-    s.add(
-        ServiceUpdate(
-            service_id=svc.id, generation=svc.generation, update_time=now_ms(), result=result, config=new
-        )
-    )
+    s.add(ServiceUpdate(service_id=svc.id, generation=svc.generation, update_time=now_ms(), result=result, config=new))
     what = "instances" if instances_change else "weights"
     add_event(s, svc.id, svc.project_id, f"Service {svc.name} is updating its {what}.")
     if instances_change and svc.desired == "running":
         svc.status, svc.progress, svc.error_msg = "deploying", 0, None
         svc.transition_at = now_ms()
-        for inst in s.scalars(
-            select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")
-        ):
+        for inst in s.scalars(select(Instance).where(Instance.service_id == svc.id, Instance.status == "failed")):
             inst.status = "stopped"
 
 
 def _update_schedule(s: Session, svc: Service, schedule: list[ScheduleIn]) -> None:
     svc.schedule = [x.model_dump() for x in schedule] or None
     svc.due_time = due_time(svc.schedule, now_ms()) if svc.desired == "running" else None
-    add_event(
-        s, svc.id, svc.project_id, "Auto-stop is enabled." if svc.schedule else "Auto-stop is disabled."
-    )
+    add_event(s, svc.id, svc.project_id, "Auto-stop is enabled." if svc.schedule else "Auto-stop is disabled.")
 
 
 @router.delete("/v1/{project_id}/services/{service_ids}")
@@ -498,9 +492,7 @@ def list_events(
             Event.id.desc() if order == "desc" else Event.id.asc(),
         )
         rows = s.scalars(q.offset(offset).limit(limit)).all()
-        events = [
-            {"event_type": e.event_type, "event_info": e.event_info, "occur_time": e.occur_time} for e in rows
-        ]
+        events = [{"event_type": e.event_type, "event_info": e.event_info, "occur_time": e.occur_time} for e in rows]
         return {
             "service_name": svc.name,
             "service_id": svc.id,

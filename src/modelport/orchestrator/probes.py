@@ -121,6 +121,14 @@ class Prober:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    async def get_json(self, host: str, port: int, path: str, timeout_s: float = 2.0) -> object | None:
+        """A small JSON document from an instance (e.g. engine stats), or None on any failure."""
+        try:
+            resp = await self._client.get(_base_url(host, port, "http") + path, timeout=timeout_s)
+            return resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
     async def probe(self, host: str, port: int, health: HealthCheck) -> ProbeResult:
         method = (health.check_method or "HTTP").upper()
         timeout_s = float(health.timeout_seconds)

@@ -46,6 +46,20 @@ _INSTANCE_STATES = ("starting", "ready", "notReady", "crashed", "draining", "fai
 
 # An instance that never became ready gets this many starts before it is declared failed.
 _FIRST_START_ATTEMPTS = 3
+_LLM_STATS_PERIOD_S = 5.0
+# Engine figures that add up over instances; the rest are recomputed from these.
+_LLM_SUMS = (
+    "num_requests_running",
+    "num_requests_waiting",
+    "kv_blocks_total",
+    "kv_blocks_used",
+    "kv_blocks_cached",
+    "prefix_cache_queried_tokens",
+    "prefix_cache_hit_tokens",
+    "num_preemptions",
+    "prompt_tokens_total",
+    "generation_tokens_total",
+)
 _LOG_LINES_IN_ERRORS = 12
 
 
@@ -85,6 +99,7 @@ class Orchestrator:
         self._stop_requested = False
         self._stop_instances_on_exit = True
         self._last_stats = 0.0
+        self._last_llm_stats = 0.0
         self._ticks = 0
         self.ready = threading.Event()
 
@@ -147,9 +162,7 @@ class Orchestrator:
                     inst.status, inst.handle, inst.next_start_at = "crashed", None, now_ms()
                     inst.message = "the platform restarted and the instance was gone; starting it again"
             for svc in s.scalars(select(Service).where(Service.desired == "running")):
-                live = s.scalar(
-                    select(Instance.id).where(Instance.service_id == svc.id, Instance.status == "ready")
-                )
+                live = s.scalar(select(Instance.id).where(Instance.service_id == svc.id, Instance.status == "ready"))
                 if not live and svc.status in ("running", "concerning"):
                     svc.status, svc.progress = "deploying", 0
 
@@ -197,6 +210,9 @@ class Orchestrator:
             await asyncio.gather(*(self._probe(*p) for p in probes))
         if self._ticks % 20 == 0:
             await asyncio.to_thread(self._maintain_logs)
+        if time.monotonic() - self._last_llm_stats >= _LLM_STATS_PERIOD_S:
+            self._last_llm_stats = time.monotonic()
+            await self._collect_llm_stats()
         if self._ticks % 120 == 1:
             await asyncio.to_thread(self._expire_instances)
 
@@ -298,9 +314,7 @@ class Orchestrator:
             mine = [i for i in live if i.slot == slot]
             cur = [i for i in mine if i.revision == cfg["revision"]]
             old = [i for i in mine if i.revision != cfg["revision"]]
-            failed_cur = [
-                i for i in insts if i.slot == slot and i.revision == cfg["revision"] and i.status == "failed"
-            ]
+            failed_cur = [i for i in insts if i.slot == slot and i.revision == cfg["revision"] and i.status == "failed"]
             want = cfg["instance_count"]
             props = cfg.get("additional_properties") or {}
             surge = _count(props.get("max_surge", 1), want, at_least=1)
@@ -513,9 +527,7 @@ class Orchestrator:
                 continue
             probes.append((inst.id, InstanceHandle.from_dict(inst.handle), health, inst.status == "starting"))
 
-    async def _probe(
-        self, instance_id: str, handle: InstanceHandle, health: HealthConfig, starting: bool
-    ) -> None:
+    async def _probe(self, instance_id: str, handle: InstanceHandle, health: HealthConfig, starting: bool) -> None:
         result = await self.prober.probe(handle.host, handle.port, health)
         st = self._probes.setdefault(instance_id, _Probe())
         st.next_at = time.monotonic() + (0 if starting else health.period_seconds)
@@ -556,9 +568,7 @@ class Orchestrator:
             elif not result.ok and failures >= health.failure_threshold:
                 # Hung or broken for good: replace it (the crash path restarts it with back-off).
                 asyncio.run_coroutine_threadsafe(self.backend.stop(handle, 5), self._loop)  # type: ignore[arg-type]
-                self._crashed(
-                    s, svc, inst, handle, None, f"failed {failures} health checks ({result.detail})"
-                )
+                self._crashed(s, svc, inst, handle, None, f"failed {failures} health checks ({result.detail})")
             elif result.ok and inst.status == "notReady":
                 inst.status, inst.message = "ready", None
                 add_event(s, svc.id, svc.project_id, f"Instance {inst.id} is ready again.")
@@ -642,9 +652,7 @@ class Orchestrator:
                         Endpoint(i.id, i.handle["host"], i.handle["port"])
                         for i in sorted(group, key=lambda i: i.id)  # type: ignore[index]
                     )
-                    versions.append(
-                        VersionRoute(f"{slot}:{model_id}", model_id, name, version, weight, endpoints)
-                    )
+                    versions.append(VersionRoute(f"{slot}:{model_id}", model_id, name, version, weight, endpoints))
             kind = self._kind(svc)
             default_policy = "PREFIX_AFFINITY" if kind == "llm" else "LEAST_CONNECTIONS"
             routes[svc.id] = ServiceRoute(
@@ -678,6 +686,36 @@ class Orchestrator:
         for labels in self._metric_labels - seen:
             INSTANCES.remove(*labels)
         self._metric_labels = seen
+
+    async def _collect_llm_stats(self) -> None:
+        """Summarise the engines of each LLM service into ShowService (`llm_stats`)."""
+
+        def targets() -> dict[str, list[tuple[str, int]]]:
+            out: dict[str, list[tuple[str, int]]] = {}
+            with self.store.session() as s:
+                for svc in s.scalars(select(Service).where(Service.desired == "running")):
+                    if self._kind(svc) != "llm":
+                        continue
+                    insts = s.scalars(select(Instance).where(Instance.service_id == svc.id, Instance.status == "ready"))
+                    out[svc.id] = [(i.handle["host"], i.handle["port"]) for i in insts if i.handle]
+            return out
+
+        wanted = await asyncio.to_thread(targets)
+        if not wanted:
+            return
+        results: dict[str, dict[str, Any]] = {}
+        for service_id, endpoints in wanted.items():
+            stats = await asyncio.gather(*(self.prober.get_json(h, p, "/v1/engine/stats") for h, p in endpoints))
+            results[service_id] = _summarise_llm([x for x in stats if isinstance(x, dict)])
+
+        def store() -> None:
+            with self.store.session() as s:
+                for service_id, summary in results.items():
+                    svc = s.get(Service, service_id)
+                    if svc is not None:
+                        svc.extra = {**svc.extra, "llm_stats": summary}
+
+        await asyncio.to_thread(store)
 
     def _kind(self, svc: Service) -> str:
         """Runtime of the service's models (`llm` if any config runs the LLM engine)."""
@@ -726,6 +764,19 @@ class Orchestrator:
                 self.backend.maintain(h)
             except OSError:
                 log.warning("log rotation failed for %s", h.instance_id)
+
+
+def _summarise_llm(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {key: sum(int(x.get(key) or 0) for x in stats) for key in _LLM_SUMS}
+    queried, used, total = out["prefix_cache_queried_tokens"], out["kv_blocks_used"], out["kv_blocks_total"]
+    out["prefix_cache_hit_rate"] = round(out["prefix_cache_hit_tokens"] / queried, 4) if queried else 0.0
+    out["kv_usage"] = round(used / total, 4) if total else 0.0
+    for key in ("mean_ttft_s", "mean_tpot_s"):
+        values = [x[key] for x in stats if x.get(key) is not None]
+        out[key] = round(sum(values) / len(values), 6) if values else None
+    out["instances_reporting"] = len(stats)
+    out["updated_at"] = now_ms()
+    return out
 
 
 def _done(value: Any) -> concurrent.futures.Future[Any]:

@@ -42,15 +42,13 @@ def service_state(
         return ServiceState("deleting", 0, None)
     if desired == "stopped":
         return ServiceState("stopping" if live else "stopped", 0, None)
+    if desired in ("finished", "failed"):  # a batch job ended; its instances drain in the background
+        return ServiceState(desired, 100 if desired == "finished" else 0, None)
     total = sum(n for _rev, n in wanted) or 1
     ready_wanted = 0
     for slot, (rev, n) in enumerate(wanted):
-        ready_wanted += min(
-            n, sum(1 for i in live if i.slot == slot and i.revision == rev and i.status == "ready")
-        )
-    leftovers = [
-        i for i in live if i.slot >= len(wanted) or i.revision != wanted[i.slot][0] or i.status == "draining"
-    ]
+        ready_wanted += min(n, sum(1 for i in live if i.slot == slot and i.revision == rev and i.status == "ready"))
+    leftovers = [i for i in live if i.slot >= len(wanted) or i.revision != wanted[i.slot][0] or i.status == "draining"]
     ready_any = any(i.status == "ready" for i in live)
     pending = any(i.status in PENDING for i in live)
     failures = [
