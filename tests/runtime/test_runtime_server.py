@@ -323,10 +323,11 @@ def test_bad_package_exits_2(launch: Launcher, tmp_path: Path) -> None:
     assert "config.json is missing" in instance.log()
 
 
-def test_llm_package_is_refused_clearly(launch: Launcher, tmp_path: Path) -> None:
+def test_llm_package_goes_to_the_llm_engine(launch: Launcher, tmp_path: Path) -> None:
+    # No checkpoint in the package: the LLM engine (not the python runtime) says what is missing.
     instance = launch(write_package(tmp_path / "llm", {"model_type": "LLM"}))
     assert instance.wait_exit() == 2
-    assert "LLM runtime is not available yet" in instance.log()
+    assert "no Hugging Face checkpoint here" in instance.log()
 
 
 def test_command_model(launch: Launcher) -> None:
