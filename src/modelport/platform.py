@@ -1,12 +1,14 @@
 """The platform in one process: store, control plane, gateway and orchestrator wired together.
 
 `modelport up` serves `Platform.asgi` with uvicorn: paths under `/v1/infers/` go to the gateway,
-everything else to the management API. The orchestrator runs on its own thread.
+everything else to the management API. The orchestrator runs on its own thread, and so does
+the batch runner, which drives batch services over the instances the orchestrator starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -21,6 +23,7 @@ from sqlalchemy import select
 from modelport.auth.passwords import hash_password
 from modelport.auth.tokens import TokenService, load_or_create_secret
 from modelport.backends.local import LocalBackend
+from modelport.batch.runner import BatchRunner
 from modelport.control.app import create_app
 from modelport.gateway.app import Gateway
 from modelport.orchestrator.reconciler import Gateway as GatewayPort
@@ -109,6 +112,7 @@ class Platform:
         self.backend = LocalBackend(settings.log_max_bytes, settings.log_backups)
         self.control = create_app(self)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.batch = BatchRunner(settings, self.store)
         self.orchestrator = Orchestrator(
             settings,
             self.store,
@@ -116,17 +120,28 @@ class Platform:
             GatewayPort(
                 set_routes=self.gateway.set_routes,
                 endpoint_down=self.gateway.endpoint_down,
-                inflight=self.gateway.inflight,
+                # An instance drains once neither the gateway nor a batch job has requests on it.
+                inflight=lambda iid: self.gateway.inflight(iid) + self.batch.inflight(iid),
                 take_stats=self._take_stats,
                 post=self._post,
             ),
         )
 
-    def _post(self, fn: Any, *args: Any) -> None:
+    def _post(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
+        """Run `fn(*args)` on the gateway's loop; the future completes once it has run there."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                fut.set_exception(exc)
+
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
+            self._loop.call_soon_threadsafe(run)
         else:
-            fn(*args)
+            run()
+        return fut
 
     def _take_stats(self) -> dict[str, tuple[int, int]]:
         if self._loop is None or self._loop.is_closed():
@@ -142,12 +157,16 @@ class Platform:
 
     def wake(self) -> None:
         self.orchestrator.wake()
+        self.batch.wake()
 
     async def startup(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.orchestrator.start_thread)
+        await asyncio.to_thread(self.batch.start_thread)
 
     async def shutdown(self, stop_instances: bool = True) -> None:
+        # Batch first: its jobs commit what is done while the instances still run.
+        await asyncio.to_thread(self.batch.stop_thread)
         await asyncio.to_thread(self.orchestrator.stop_thread, stop_instances)
         await self.gateway.aclose()
         self.store.dispose()

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from modelport.cli.output import api_errors, client, console, fail, print_json, styled, table, when
 from modelport.client import Client
 
-app = typer.Typer(help="Deploy and manage real-time services.", no_args_is_help=True)
+app = typer.Typer(help="Deploy and manage real-time and batch services.", no_args_is_help=True)
 
 DONE = ("running", "failed", "concerning", "stopped")
 
@@ -91,6 +91,54 @@ def wait_with_progress(c: Client, service_id: str, timeout: float = 600) -> dict
         return c.wait_service(service_id, DONE, timeout, on_poll=show)
 
 
+BATCH_DONE = ("finished", "failed", "stopped")
+
+
+def _seconds(value: float) -> str:
+    value = int(value)
+    return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else f"{value // 60}m{value % 60:02d}s"
+
+
+def batch_detail(svc: dict[str, Any]) -> str:
+    """One line of batch progress: records done of total, failures, rate and time left."""
+    bp = svc.get("batch_progress")
+    if not bp:
+        return "waiting for instances"
+    total = bp["total"] if bp.get("total") is not None else "?"
+    parts = [f"{bp['processed']}/{total} records", f"{bp['failed']} failed"]
+    if bp.get("records_per_second") and bp.get("state") == "running":
+        parts.append(f"{bp['records_per_second']:g}/s")
+    if bp.get("eta_seconds") is not None:
+        parts.append(f"ETA {_seconds(bp['eta_seconds'])}")
+    return ", ".join(parts)
+
+
+def wait_batch(c: Client, service_id: str, timeout: float = 86400) -> dict[str, Any]:
+    """Poll a batch service with a progress bar until its job is finished, failed or stopped."""
+    with Progress(
+        TextColumn("[bold]{task.fields[name]}[/]"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[status]}"),
+        TextColumn("[dim]{task.fields[detail]}[/]"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("batch", total=100, name="", status="", detail="")
+
+        def show(svc: dict[str, Any]) -> None:
+            progress.update(
+                task,
+                completed=svc.get("progress") or 0,
+                name=svc["service_name"],
+                status=styled(svc["status"]),
+                detail=batch_detail(svc),
+            )
+
+        return c.wait_service(service_id, BATCH_DONE, timeout, on_poll=show)
+
+
 def _report(svc: dict[str, Any]) -> None:
     console.print(f"Service [bold]{svc['service_name']}[/] is {styled(svc['status'])}.")
     if svc.get("error_msg"):
@@ -135,9 +183,11 @@ def deploy(
                 "config": _parse_models(c, model, instances, spec, _envs(env)),
             }
         service_id = c.create_service(body)
-        svc = wait_with_progress(c, service_id) if wait and not as_json else c.get_service(service_id)
+        batch = body.get("infer_type") == "batch"
+        waiter = wait_batch if batch else wait_with_progress
+        svc = waiter(c, service_id) if wait and not as_json else c.get_service(service_id)
         if wait and as_json:
-            svc = c.wait_service(service_id, DONE)
+            svc = c.wait_service(service_id, BATCH_DONE if batch else DONE)
     if as_json:
         print_json(svc)
         return
@@ -187,17 +237,26 @@ def show(
         print_json(svc)
         return
     _report(svc)
-    console.print(
-        f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; "
-        f"due {when(svc.get('due_time')) or 'never'}"
-    )
+    if svc["infer_type"] == "batch":
+        bp = svc.get("batch_progress") or {}
+        console.print(
+            f"Batch {svc.get('progress') or 0}%: {batch_detail(svc)}; "
+            f"started {when(svc.get('start_time')) or '-'}, finished {when(svc.get('finished_time')) or '-'}"
+        )
+        if bp.get("message"):
+            console.print(bp["message"])
+    else:
+        console.print(
+            f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; "
+            f"due {when(svc.get('due_time')) or 'never'}"
+        )
     rows = []
     for cfg in svc["config"]:
         for inst in cfg["instances"] or [{}]:
             rows.append(
                 [
                     f"{cfg['model_name']} {cfg['model_version']}",
-                    cfg["weight"],
+                    cfg.get("weight", "-"),  # batch services have no weight
                     styled(cfg["status"]),
                     inst.get("instance_id"),
                     styled(inst.get("status")),
@@ -298,6 +357,35 @@ def stop(
 ) -> None:
     """Stop a service (its instances drain and exit)."""
     _set_status(service, "stopped", wait, as_json)
+
+
+@app.command("wait")
+def wait(
+    service: str = typer.Argument(..., help="Service id or name."),
+    timeout: float = typer.Option(86400, "--timeout", help="Give up after this many seconds."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Wait with a progress bar: a batch job until it ends, a real-time service until it settles.
+
+    Exits 0 when a batch job finished (or a real-time service runs), 1 otherwise.
+    """
+    c = client()
+    with api_errors():
+        found = c.find_service(service)
+        sid, batch = found["service_id"], found["infer_type"] == "batch"
+        until = BATCH_DONE if batch else DONE
+        if as_json:
+            svc = c.wait_service(sid, until, timeout)
+        else:
+            svc = wait_batch(c, sid, timeout) if batch else wait_with_progress(c, sid, timeout)
+    if as_json:
+        print_json(svc)
+    else:
+        _report(svc)
+        if batch and (svc.get("batch_progress") or {}).get("message"):
+            console.print(svc["batch_progress"]["message"])
+    if svc["status"] != ("finished" if batch else "running"):
+        raise typer.Exit(1)
 
 
 @app.command("delete")

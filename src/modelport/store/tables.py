@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -132,3 +132,39 @@ class ServiceUpdate(Base):
     result: Mapped[str] = mapped_column(String(16))  # RUNNING | SUCCESS | FAIL
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     config: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class BatchJob(Base):
+    """Progress of a batch service's job (one per service); the checkpoint's summary, updated with it."""
+
+    __tablename__ = "batch_jobs"
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # running | finished | failed
+    total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None until the inputs are counted
+    succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    rate: Mapped[float] = mapped_column(Float, default=0.0)  # records/s, recent
+    milestone: Mapped[int] = mapped_column(Integer, default=0)  # last progress milestone announced (%)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class BatchRecord(Base):
+    """A committed record of a batch job: present means its outcome is final and its output written.
+
+    Key: the input's URL and, for CSV inputs, the row (0-based); -1 stands for a whole input.
+    `output` holds a CSV row's result line until the job assembles the input's result file.
+    """
+
+    __tablename__ = "batch_records"
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    row: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# ---- security (migration 0004): AK/SK pairs, apps, AppCodes, app-service bindings ------------------
