@@ -142,7 +142,8 @@ SERVICE_CASES = [
     ("unknown config field", lambda ok: _svc(ok, colour="red"), 400, "ModelArts.0101"),
     ("bad description", lambda ok: {**_svc(ok), "description": "a<b"}, 400, "ModelArts.0101"),
     ("long name", lambda ok: {**_svc(ok), "service_name": "x" * 65}, 400, "ModelArts.0101"),
-    ("batch", lambda ok: {**_svc(ok), "infer_type": "batch"}, 400, "ModelArts.3518"),
+    ("edge", lambda ok: {**_svc(ok), "infer_type": "edge"}, 400, "ModelArts.3518"),
+    ("batch without src_path", lambda ok: {**_svc(ok), "infer_type": "batch"}, 400, "ModelArts.3610"),
     ("bad env name", lambda ok: _svc(ok, envs={"1BAD": "x"}), 400, "ModelArts.0101"),
     ("no config", lambda ok: {**_svc(ok), "config": []}, 400, "ModelArts.0101"),
 ]
