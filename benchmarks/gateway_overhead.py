@@ -11,6 +11,12 @@ p50, p99, the CPU time each process spent per request, and the two goals: gatewa
 at 32 connections (goal >= 0.5) and the p50 the gateway adds at 1 connection (goal <= 0.5 ms).
 Every process started is stopped at the end.
 
+Security columns (`--security`, default on): one more gateway (`benchmarks/_secure_gateway.py`)
+in front of the same instance serves five otherwise identical services: `open` (no auth, no QPS
+limit: the unauthenticated gateway), `token`, `aksk` (SDK-HMAC-SHA256 verified on every request),
+`token+qps` and `aksk+qps` (a QPS bucket taken per request; `--redis URL` puts it in Redis). Each is
+reported as a ratio of req/s to `open` in the same run; goal >= 0.90 at 32 connections.
+
 Two CPU layouts (`--layout`, default both): `shared` lets the OS place the three processes;
 `pinned` puts the instance and the load generator on CPU 0 and the gateway on CPU 1, as when
 the gateway has a core of its own (on a 2-CPU machine, `shared` makes three busy processes
@@ -251,6 +257,82 @@ def measure(duration: float, use_wrk: bool, layout: str, repeat: int) -> list[Re
         stop(instance)
 
 
+SECURITY_VARIANTS = ("open", "token", "aksk", "token+qps", "aksk+qps")
+
+
+def measure_security(duration: float, use_wrk: bool, layout: str, repeat: int, redis_url: str | None) -> list[Result]:
+    """The same instance behind one gateway, per security variant (see the module docstring)."""
+    run: Run = run_wrk if use_wrk else run_aiohttp
+    near, far = ({0}, {1}) if layout == "pinned" else (None, None)
+    instance = gateway = None
+    try:
+        instance, address = start_instance(near)
+        wait_http(f"http://{address}/", {})
+        cmd = [sys.executable, str(BENCH / "_secure_gateway.py"), "--upstream", address]
+        if redis_url:
+            cmd += ["--redis", redis_url]
+        gateway = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pinned(far))
+        head, _, variants_json = gateway.stdout.readline().partition(" ")  # type: ignore[union-attr]
+        if head != "READY":
+            raise RuntimeError("secure gateway did not start")
+        port, _, variants_json = variants_json.partition(" ")
+        variants = json.loads(variants_json)
+        results = []
+        for conns in (1, 32):
+            for name in SECURITY_VARIANTS:
+                url = f"http://127.0.0.1:{port}{variants[name]['path']}"
+                headers = variants[name]["headers"]
+                wait_http(url, headers)
+                run(url, conns, min(1.0, duration), headers, near)  # warm-up
+                runs = []
+                for _ in range(repeat):
+                    before = cpu_seconds(gateway.pid)
+                    rps, p50, p99, errors = run(url, conns, duration, headers, near)
+                    used = cpu_seconds(gateway.pid) - before
+                    runs.append(Result(name, conns, rps, p50, p99, errors, {"gateway": 1e6 * used / (rps * duration)}))
+                results.append(max(runs, key=lambda r: r.rps))
+        return results
+    finally:
+        stop(gateway)
+        stop(instance)
+
+
+def report_security(results: list[Result], title: str) -> dict[str, float]:
+    by = {(r.target, r.conns): r for r in results}
+    titles = ("variant", "conns", "req/s", "vs open", "p50 ms", "p99 ms", "errors", "gateway CPU µs/req")
+    rows = [
+        (
+            r.target,
+            str(r.conns),
+            f"{r.rps:,.0f}",
+            f"{r.rps / by['open', r.conns].rps:.2f}",
+            f"{r.p50_ms:.3f}",
+            f"{r.p99_ms:.3f}",
+            str(r.errors),
+            f"{r.cpu_us['gateway']:.0f}",
+        )
+        for r in results
+    ]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for name in titles:
+            table.add_column(name, justify="left" if name == "variant" else "right")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    except ImportError:
+        print(title)
+        print(" | ".join(titles))
+        for row in rows:
+            print(" | ".join(row))
+    worst = min(by[v, 32].rps / by["open", 32].rps for v in SECURITY_VARIANTS[1:])
+    print(f"security cost at 32 conns: worst variant keeps {worst:.2f} of open req/s  (goal >= 0.90)")
+    return {"security_worst_ratio_32": worst}
+
+
 def report(results: list[Result], title: str) -> dict[str, float]:
     by = {(r.target, r.conns): r for r in results}
     ratio = by["gateway", 32].rps / by["direct", 32].rps
@@ -297,6 +379,8 @@ def main() -> None:
     parser.add_argument("--aiohttp", action="store_true", help="use the aiohttp load generator even if wrk exists")
     parser.add_argument("--layout", choices=["shared", "pinned", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the best is shown")
+    parser.add_argument("--security", choices=["on", "off", "only"], default="on", help="security columns")
+    parser.add_argument("--redis", default=None, help="security columns: QPS buckets in this Redis")
     parser.add_argument("--loadgen", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
@@ -309,10 +393,16 @@ def main() -> None:
         layouts.remove("pinned")
     failed = False
     for layout in layouts:
-        results = measure(args.duration, use_wrk, layout, args.repeat)
         generator = "wrk" if use_wrk else "aiohttp client"
-        report(results, f"gateway overhead, {layout} CPUs ({generator}, {os.cpu_count()} CPUs)")
-        failed = failed or any(r.errors for r in results)
+        if args.security != "only":
+            results = measure(args.duration, use_wrk, layout, args.repeat)
+            report(results, f"gateway overhead, {layout} CPUs ({generator}, {os.cpu_count()} CPUs)")
+            failed = failed or any(r.errors for r in results)
+        if args.security != "off":
+            secured = measure_security(args.duration, use_wrk, layout, args.repeat, args.redis)
+            qps = "Redis" if args.redis else "local"
+            report_security(secured, f"cost of security, {layout} CPUs ({generator}, QPS buckets {qps})")
+            failed = failed or any(r.errors for r in secured)
     if failed:
         sys.exit("some requests failed")
 

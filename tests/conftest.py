@@ -147,6 +147,8 @@ def make_platform(tmp_path: Path, **env: str) -> PlatformProc:
         "MODELPORT_HOME": str(home),
         "MODELPORT_RESTART_BACKOFF_S": "0.5",
         "PYTHONUNBUFFERED": "1",
+        # Load tests outrun the default per-service limit of 100 requests/s; tests/security checks the default.
+        "MODELPORT_QPS_LIMIT": "100000",
         **env,
     }
     full_env.pop("MODELPORT_DATABASE_URL", None) if "MODELPORT_DATABASE_URL" not in env else None

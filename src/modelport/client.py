@@ -1,7 +1,8 @@
-"""Python SDK: the management API and the gateway, over HTTP, with token handling.
+"""Python SDK: the management API and the gateway, over HTTP, with token handling or AK/SK signing.
 
 client = Client.from_credentials()          # reads $MODELPORT_HOME/credentials.json
 model_id = client.import_model("digits", "1.0.0", "Scikit_Learn", "examples/digits/build/digits-1.0.0")
+signed = Client(url, project_id, access_key=AK, secret_key=SK)   # SDK-HMAC-SHA256 instead of a token
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from modelport.auth import signing
 from modelport.settings import get_settings
 
 
@@ -34,15 +36,20 @@ class Client:
         self,
         api_url: str,
         project_id: str,
-        username: str,
-        password: str,
+        username: str | None = None,
+        password: str | None = None,
         *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
         timeout: float = 60.0,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.project_id = project_id
         self.username = username
         self._password = password
+        # With an AK/SK pair every request is signed (spec §5.3) and no token is fetched.
+        self.access_key = access_key
+        self._secret_key = secret_key
         self._token: str | None = None
         self._token_at = 0.0
         # trust_env=False: a proxy from the environment must never see a token for a local platform.
@@ -50,19 +57,31 @@ class Client:
 
     @classmethod
     def from_credentials(cls, path: Path | None = None, api_url: str | None = None) -> Client:
+        """From `credentials.json`; `MODELPORT_API_URL`, `MODELPORT_PROJECT_ID`, `MODELPORT_USERNAME` /
+        `MODELPORT_PASSWORD` and `MODELPORT_ACCESS_KEY` / `MODELPORT_SECRET_KEY` (or the file's
+        `access_key` / `secret_key`) override it; with an AK/SK pair the client signs instead of using tokens."""
         path = path or get_settings().credentials_file
-        if not path.exists():
+        env = os.environ
+        if not path.exists() and not (env.get("MODELPORT_API_URL") and env.get("MODELPORT_PROJECT_ID")):
             raise ApiError(
                 0,
                 "MP.0001",
                 f"No credentials at {path}. Start the platform with `modelport up` or set MODELPORT_HOME.",
             )
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text()) if path.exists() else {}
+        access_key = env.get("MODELPORT_ACCESS_KEY") or data.get("access_key")
+        secret_key = env.get("MODELPORT_SECRET_KEY") or data.get("secret_key")
+        username = env.get("MODELPORT_USERNAME") or data.get("username")
+        password = env.get("MODELPORT_PASSWORD") or data.get("password")
+        if env.get("MODELPORT_USERNAME") and not env.get("MODELPORT_PASSWORD"):
+            password = None
         return cls(
-            api_url or os.environ.get("MODELPORT_API_URL") or data["api_url"],
-            data["project_id"],
-            data["username"],
-            data["password"],
+            api_url or env.get("MODELPORT_API_URL") or data["api_url"],
+            env.get("MODELPORT_PROJECT_ID") or data["project_id"],
+            username,
+            password,
+            access_key=access_key if access_key and secret_key else None,
+            secret_key=secret_key if access_key and secret_key else None,
         )
 
     def close(self) -> None:
@@ -77,6 +96,8 @@ class Client:
     # ---- auth ------------------------------------------------------------------------
     def token(self) -> str:
         if self._token is None or time.time() - self._token_at > 3600:
+            if self.username is None or self._password is None:
+                raise ApiError(0, "MP.0001", "No user name and password to get a token with (AK/SK signs instead).")
             body = {
                 "auth": {
                     "identity": {
@@ -91,9 +112,27 @@ class Client:
             self._token, self._token_at = resp.headers["X-Subject-Token"], time.time()
         return self._token
 
+    def request(self, method: str, url: str, *, stream: bool = False, **kw: Any) -> httpx.Response:
+        """An authenticated request: signed with the AK/SK pair if there is one, else with a token."""
+        headers = dict(kw.pop("headers", None) or {})
+        if not self.access_key:
+            headers.setdefault("X-Auth-Token", self.token())
+            return self.http.send(self.http.build_request(method, url, headers=headers, **kw), stream=stream)
+        req = self.http.build_request(method, url, headers=headers, **kw)
+        body = req.read()
+        to_sign = {"Host": req.headers["host"], "X-Project-Id": self.project_id}
+        if "content-type" in req.headers:
+            to_sign["Content-Type"] = req.headers["content-type"]
+        path, _, query = req.url.raw_path.decode("ascii").partition("?")
+        extra = signing.sign(self.access_key, self._secret_key or "", method, path, query, to_sign, body)
+        req.headers.update({**to_sign, **extra})
+        return self.http.send(req, stream=stream)
+
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        headers = {"X-Auth-Token": self.token(), **kw.pop("headers", {})}
-        resp = self.http.request(method, f"/v1/{self.project_id}{path}", headers=headers, **kw)
+        return self._call_url(method, f"/v1/{self.project_id}{path}", **kw)
+
+    def _call_url(self, method: str, url: str, **kw: Any) -> Any:
+        resp = self.request(method, url, **kw)
         _raise_for(resp)
         return resp.json() if resp.content else {}
 
@@ -152,12 +191,10 @@ class Client:
 
     def follow_logs(self, service_id: str, **query: Any) -> Iterator[dict[str, Any]]:
         """Instance log lines as they are written (server-sent events), until the caller stops."""
-        headers = {"X-Auth-Token": self.token()}
         params = {**_clean(query), "follow": "true"}
         url = f"/v1/{self.project_id}/services/{service_id}/logs"
-        with self.http.stream(
-            "GET", url, params=params, headers=headers, timeout=httpx.Timeout(10, read=None)
-        ) as resp:
+        resp = self.request("GET", url, params=params, timeout=httpx.Timeout(10, read=None), stream=True)
+        with resp:
             if not resp.is_success:
                 resp.read()
                 _raise_for(resp)
@@ -199,13 +236,104 @@ class Client:
 
     # ---- predictions -----------------------------------------------------------------
     def predict_raw(self, service_id: str, path: str = "", **kw: Any) -> httpx.Response:
-        headers = {"X-Auth-Token": self.token(), **kw.pop("headers", {})}
-        return self.http.post(f"/v1/infers/{service_id}{path}", headers=headers, **kw)
+        return self.request("POST", f"/v1/infers/{service_id}{path}", **kw)
 
     def predict(self, service_id: str, json_body: Any = None, files: Any = None, path: str = "") -> Any:
         resp = self.predict_raw(service_id, path, json=json_body, files=files)
         _raise_for(resp)
         return resp.json()
+
+    def set_qps(self, service_id: str, qps: int | None) -> dict[str, Any]:
+        """The service's gateway QPS limit (None: back to the platform default)."""
+        return self.update_service(service_id, {"additional_properties": {"qps_limit": qps}})
+
+    # ---- credentials (AK/SK), users, projects ------------------------------------------
+    def create_credential(self, description: str = "", user_id: str | None = None) -> dict[str, Any]:
+        """A new AK/SK pair: `{"access", "secret", ...}`; the secret is shown only here."""
+        body = {"credential": {"description": description, **({"user_id": user_id} if user_id else {})}}
+        return self._call_url("POST", "/v3.0/OS-CREDENTIAL/credentials", json=body)["credential"]
+
+    def list_credentials(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"user_id": user_id} if user_id else None
+        return self._call_url("GET", "/v3.0/OS-CREDENTIAL/credentials", params=params)["credentials"]
+
+    def delete_credential(self, access_key: str) -> None:
+        self._call_url("DELETE", f"/v3.0/OS-CREDENTIAL/credentials/{access_key}")
+
+    def create_user(self, name: str, password: str, is_admin: bool = False) -> dict[str, Any]:
+        body = {"user": {"name": name, "password": password, "is_admin": is_admin}}
+        return self._call_url("POST", "/v3/users", json=body)["user"]
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return self._call_url("GET", "/v3/users")["users"]
+
+    def find_user(self, name_or_id: str) -> dict[str, Any]:
+        for user in self.list_users():
+            if name_or_id in (user["id"], user["name"]):
+                return user
+        raise ApiError(404, "MP.1404", f"User {name_or_id} not found. See `modelport user list`.")
+
+    def delete_user(self, user_id: str) -> None:
+        self._call_url("DELETE", f"/v3/users/{user_id}")
+
+    def change_password(self, user_id: str, password: str, original_password: str | None = None) -> None:
+        user = {"password": password, **({"original_password": original_password} if original_password else {})}
+        body = {"user": user}
+        self._call_url("POST", f"/v3/users/{user_id}/password", json=body)
+
+    def create_project(self, name: str) -> dict[str, Any]:
+        return self._call_url("POST", "/v3/projects", json={"project": {"name": name}})["project"]
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self._call_url("GET", "/v3/projects")["projects"]
+
+    def find_project(self, name_or_id: str) -> dict[str, Any]:
+        for project in self.list_projects():
+            if name_or_id in (project["id"], project["name"]):
+                return project
+        raise ApiError(404, "MP.1414", f"Project {name_or_id} not found. See `modelport project list`.")
+
+    def list_members(self, project_id: str) -> list[dict[str, Any]]:
+        return self._call_url("GET", f"/v3/projects/{project_id}/users")["users"]
+
+    def add_member(self, project_id: str, user_id: str, role: str) -> None:
+        self._call_url("PUT", f"/v3/projects/{project_id}/users/{user_id}/roles/{role}")
+
+    def remove_member(self, project_id: str, user_id: str) -> None:
+        self._call_url("DELETE", f"/v3/projects/{project_id}/users/{user_id}")
+
+    # ---- apps (app authentication of predictions) --------------------------------------
+    def create_app(self, name: str, description: str = "") -> dict[str, Any]:
+        """A new app: `{"app_id", "app_key", "app_secret", ...}`; the secret is shown only here."""
+        return self._call("POST", "/apps", json={"name": name, "description": description})
+
+    def list_apps(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/apps")["apps"]
+
+    def get_app(self, app_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/apps/{app_id}")
+
+    def find_app(self, name_or_id: str) -> dict[str, Any]:
+        for app in self.list_apps():
+            if name_or_id in (app["app_id"], app["name"]):
+                return app
+        raise ApiError(404, "MP.1434", f"App {name_or_id} not found. See `modelport app list`.")
+
+    def delete_app(self, app_id: str) -> None:
+        self._call("DELETE", f"/apps/{app_id}")
+
+    def add_app_code(self, app_id: str, code: str | None = None) -> dict[str, Any]:
+        """A new AppCode: `{"id", "app_code", ...}`; the code is shown only here."""
+        return self._call("POST", f"/apps/{app_id}/app-codes", json={"app_code": code} if code else {})
+
+    def remove_app_code(self, app_id: str, code_id: str) -> None:
+        self._call("DELETE", f"/apps/{app_id}/app-codes/{code_id}")
+
+    def bind_app(self, app_id: str, service_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/apps/{app_id}/bindings", json={"service_id": service_id})
+
+    def unbind_app(self, app_id: str, service_id: str) -> None:
+        self._call("DELETE", f"/apps/{app_id}/bindings/{service_id}")
 
 
 def _clean(query: dict[str, Any]) -> dict[str, Any]:

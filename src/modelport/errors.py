@@ -45,6 +45,29 @@ class E:
         "Project {project_id} does not match the project of your token. Use a token scoped to it.",
     )
     FORBIDDEN = ErrorSpec("ModelArts.0108", 403, "Not authorized for {action}.")
+    # AK/SK signatures on the management API (spec §1.13: 0205 no auth header, 0206 bad auth header)
+    SIGNATURE_INVALID = ErrorSpec(
+        "ModelArts.0206", 401, "AK/SK signature rejected: {reason}. Check the AK/SK pair and the signed request."
+    )
+    LOGIN_THROTTLED = ErrorSpec(
+        "MP.0429", 429, "Too many failed logins for this user from this address; retry in {retry_after} s."
+    )
+    NOT_ADMIN = ErrorSpec("ModelArts.0108", 403, "Not authorized for {action}: only a platform administrator may.")
+    USER_NOT_FOUND = ErrorSpec("MP.1404", 404, "User {user_id} not found. List users with GET /v3/users.")
+    USER_EXISTS = ErrorSpec("MP.1409", 409, "A user named {name} already exists. Pick another name.")
+    PROJECT_NOT_FOUND = ErrorSpec(
+        "MP.1414", 404, "Project {project_id} not found. List projects with GET /v3/projects."
+    )
+    PROJECT_EXISTS = ErrorSpec("MP.1419", 409, "A project named {name} already exists. Pick another name.")
+    CREDENTIAL_NOT_FOUND = ErrorSpec(
+        "MP.1424", 404, "Access key {access_key} not found. List yours with GET /v3.0/OS-CREDENTIAL/credentials."
+    )
+    CREDENTIAL_QUOTA = ErrorSpec("MP.1425", 400, "A user may hold at most {limit} access keys; delete one first.")
+    APP_NOT_FOUND = ErrorSpec("MP.1434", 404, "App {app_id} not found. List apps with GET /v1/{{project_id}}/apps.")
+    APP_EXISTS = ErrorSpec("MP.1439", 409, "An app named {name} already exists in this project. Pick another name.")
+    APP_CODE_NOT_FOUND = ErrorSpec("MP.1444", 404, "AppCode {code_id} not found in app {app_id}.")
+    APP_CODE_QUOTA = ErrorSpec("MP.1445", 400, "An app may hold at most {limit} AppCodes; remove one first.")
+    LAST_ADMIN = ErrorSpec("MP.1450", 400, "{detail}: the platform needs at least one administrator.")
 
     # Models (spec §2.4)
     MODEL_NOT_FOUND = ErrorSpec(
@@ -135,6 +158,21 @@ class E:
     GW_TIMEOUT = ErrorSpec("ModelArts.4503", 504, "The model did not answer within {timeout} s.")
     GW_BODY_TOO_LARGE = ErrorSpec("ModelArts.4104", 413, "Request body is over the {limit}-byte limit.")
     GW_STOPPING = ErrorSpec("ModelArts.4700", 503, "The gateway is shutting down; retry on another node or shortly.")
+    GW_THROTTLED = ErrorSpec(
+        "ModelArts.4206",
+        429,
+        "Service {service_id} is over its limit of {limit} requests/s; retry after {retry_after} s.",
+    )
+    GW_IAM_AUTH_FAILED = ErrorSpec("APIG.0301", 401, "IAM AK/SK authentication failed: {reason}.")
+    GW_APP_AUTH_FAILED = ErrorSpec("APIG.0303", 401, "App authentication failed: {reason}.")
+    GW_APP_NOT_AUTHORIZED = ErrorSpec(
+        "APIG.0304", 403, "The app is not authorized for service {service_id}. Bind it with `modelport app bind`."
+    )
+    GW_NO_CREDENTIAL = ErrorSpec(
+        "ModelArts.0201",
+        401,
+        "No credential: send X-Auth-Token, an SDK-HMAC-SHA256 Authorization signature or X-Apig-AppCode.",
+    )
     GW_PROJECT_MISMATCH = ErrorSpec(
         "ModelArts.0210",
         403,
@@ -158,6 +196,19 @@ class E:
         400,
         "Malformed multipart/form-data body: {detail}. Send fields like -F images=@file.png.",
     )
+
+    # Gateway: WebSocket sessions (the close reason of a session the platform ends starts with the code)
+    GW_NO_WEBSOCKET = ErrorSpec(
+        "MP.4210",
+        400,
+        "Service {service_id} does not accept WebSocket upgrades: it was deployed without "
+        "additional_properties.websocket_upgrade=true. Call it over HTTP, or deploy it with the flag.",
+    )
+    GW_WS_RATE_LIMITED = ErrorSpec(
+        "MP.4211", 429, "over {rate:g} messages/s on this WebSocket session; slow down and reconnect"
+    )
+    GW_WS_MESSAGE_TOO_LARGE = ErrorSpec("ModelArts.4104", 413, "WebSocket message over the {limit}-byte limit")
+    GW_WS_INSTANCE_LOST = ErrorSpec("ModelArts.4503", 502, "connection to the model instance lost ({detail})")
 
 
 class PlatformError(Exception):

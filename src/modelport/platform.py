@@ -21,11 +21,17 @@ from typing import Any
 from sqlalchemy import select
 
 from modelport.auth.passwords import hash_password
+from modelport.auth.secrets import SecretBox, derive_hex
+from modelport.auth.state import AuthState
+from modelport.auth.throttle import LoginThrottle
 from modelport.auth.tokens import TokenService, load_or_create_secret
 from modelport.backends.local import LocalBackend
 from modelport.batch.runner import BatchRunner
 from modelport.control.app import create_app
+from modelport.control.internal_api import SnapshotFeed
 from modelport.gateway.app import Gateway
+from modelport.gateway.ratelimit import make_limiter
+from modelport.gateway.remote import routes_to_json
 from modelport.orchestrator.reconciler import Gateway as GatewayPort
 from modelport.orchestrator.reconciler import Orchestrator
 from modelport.settings import Settings
@@ -68,6 +74,7 @@ def bootstrap(store: Store, settings: Settings, api_url: str) -> Credentials:
                 id=uuid.uuid4().hex,
                 name=ADMIN_USER,
                 password_hash=hash_password(password),
+                is_admin=True,
                 created_at=now_ms(),
             )
             s.add(user)
@@ -103,12 +110,30 @@ class Platform:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_url)
         self.store.migrate()
-        self.tokens = TokenService(load_or_create_secret(settings.secret_key_file), settings.token_ttl_s)
-        with self.store.session() as s:
-            self.tokens.set_valid_after({u.id: u.tokens_valid_after for u in s.scalars(select(User))})
+        key = load_or_create_secret(settings.secret_key_file)
+        self.tokens = TokenService(key, settings.token_ttl_s)
+        # -- security (issue 6): sealed secrets, the auth snapshot, the feed for gateway-only processes --
+        self.box = SecretBox(key)
+        self.internal_key = derive_hex(key, "internal api")
+        self.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_max_s)
+        self.feed = SnapshotFeed()
+        self.limiter = make_limiter(settings.redis_url, settings.redis_prefix)
         self.gateway = Gateway(
-            self.tokens, max_body_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s
+            self.tokens,
+            max_body_bytes=settings.max_body_bytes,
+            timeout_s=settings.request_timeout_s,
+            limiter=self.limiter,
+            qps_limit=settings.qps_limit,
+            qps_burst_fraction=settings.qps_burst_fraction,
+            ws_message_rate=settings.ws_message_rate or None,
+            ws_message_burst=settings.ws_message_burst or None,
         )
+        self.auth = AuthState(self.tokens, self.box, self.store)
+        self.auth.subscribe(self.gateway.set_auth)
+        self.auth.subscribe(lambda _snap, records: self.feed.publish(auth=records.to_json()))
+        self.auth.refresh()  # also sets the tokens' per-user revocation times
+        self._auth_task: asyncio.Task[None] | None = None
+        # -- end security --
         self.backend = LocalBackend(settings.log_max_bytes, settings.log_backups)
         self.control = create_app(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,7 +143,7 @@ class Platform:
             self.store,
             self.backend,
             GatewayPort(
-                set_routes=self.gateway.set_routes,
+                set_routes=self._set_routes,
                 endpoint_down=self.gateway.endpoint_down,
                 # An instance drains once neither the gateway nor a batch job has requests on it.
                 inflight=lambda iid: self.gateway.inflight(iid) + self.batch.inflight(iid),
@@ -126,6 +151,20 @@ class Platform:
                 post=self._post,
             ),
         )
+
+    def _set_routes(self, table: Any) -> None:
+        """On the gateway's loop: the in-process gateway, then the feed of gateway-only processes."""
+        self.gateway.set_routes(table)
+        self.feed.publish(routes=routes_to_json(table))
+
+    async def _refresh_auth_forever(self, every_s: float = 2.0) -> None:
+        """Changes come with their API call; this also catches those made through another control plane."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await asyncio.to_thread(self.auth.refresh)
+            except Exception:
+                log.exception("auth snapshot refresh failed")
 
     def _post(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
         """Run `fn(*args)` on the gateway's loop; the future completes once it has run there."""
@@ -161,6 +200,9 @@ class Platform:
 
     async def startup(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.feed.bind(self._loop)
+        await asyncio.to_thread(self.auth.refresh)  # after bootstrap(), which may have made the admin
+        self._auth_task = self._loop.create_task(self._refresh_auth_forever())
         await asyncio.to_thread(self.orchestrator.start_thread)
         await asyncio.to_thread(self.batch.start_thread)
 
@@ -168,7 +210,12 @@ class Platform:
         # Batch first: its jobs commit what is done while the instances still run.
         await asyncio.to_thread(self.batch.stop_thread)
         await asyncio.to_thread(self.orchestrator.stop_thread, stop_instances)
+        if self._auth_task is not None:
+            self._auth_task.cancel()
         await self.gateway.aclose()
+        aclose = getattr(self.limiter, "aclose", None)
+        if aclose is not None:
+            await aclose()
         self.store.dispose()
 
     async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

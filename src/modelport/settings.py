@@ -37,6 +37,24 @@ class Settings(BaseSettings):
     # Gateway defaults (spec §5.2).
     max_body_bytes: int = 12 * 1024 * 1024
     request_timeout_s: float = 40.0
+    # Per-service QPS limit (token bucket; burst = ceil(qps * qps_burst_fraction), at least 1).
+    qps_limit: int = 100
+    qps_burst_fraction: float = 0.1
+    # WebSocket sessions: client messages/s one session may send before it is closed with 1008
+    # (0 = no limit; the QPS limit counts handshakes only), in bursts of ws_message_burst (0 = 1 s worth).
+    ws_message_rate: float = 0.0
+    ws_message_burst: int = 0
+    # Shared QPS buckets for several gateway processes; None: exact in-process buckets.
+    redis_url: str | None = None
+    redis_prefix: str = "modelport:"
+    # Management API: largest request body accepted (JSON).
+    api_max_body_bytes: int = 1024 * 1024
+    # Login throttling: failures per user+address before a lock-out, which doubles up to the cap.
+    login_max_failures: int = 5
+    login_lockout_max_s: float = 300.0
+    # Gateway-only processes (`modelport gateway`): the control plane to follow, long-poll timeout.
+    control_url: str | None = None
+    snapshot_poll_s: float = 25.0
     # Node capacity offered as flavors; None = detected from the machine.
     cpu_capacity: float | None = None
     memory_capacity_mb: int | None = None

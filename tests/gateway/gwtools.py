@@ -21,6 +21,7 @@ from aiohttp import web
 from modelport.auth.tokens import TokenService
 from modelport.gateway.app import Gateway
 from modelport.gateway.routes import Endpoint, RouteTable, ServiceRoute, VersionRoute
+from modelport.gateway.websocket import GatewayWebSocketProtocol
 
 PROJECT = "proj-a"
 OTHER_PROJECT = "proj-b"
@@ -132,7 +133,14 @@ class GatewayServer:
     async def start(self) -> GatewayServer:
         sock = _bound_socket()
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.gateway, http="httptools", lifespan="off", access_log=False, log_level="warning")
+        config = uvicorn.Config(
+            self.gateway,
+            http="httptools",
+            ws=GatewayWebSocketProtocol,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+        )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         for _ in range(500):

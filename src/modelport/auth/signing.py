@@ -12,6 +12,7 @@ The same functions serve both sides, so the client signer and the server verifie
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -49,6 +50,7 @@ def _enc(text: str) -> str:
     return quote(text, safe="-_.~")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a gateway sees the same few paths over and over
 def canonical_uri(path: str) -> str:
     segments = [_enc(unquote(seg)) for seg in path.split("/")]
     uri = "/".join(segments)
@@ -135,6 +137,15 @@ def sign(
     }
 
 
+@functools.lru_cache(maxsize=256)  # pure; concurrent requests share the second they were signed in
+def parse_date(date: str) -> datetime:
+    """`X-Sdk-Date` as an aware datetime, or `SignatureError`."""
+    try:
+        return datetime.strptime(date, DATE_FORMAT).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise SignatureError("X-Sdk-Date must look like 20240101T000000Z") from exc
+
+
 def verify(
     method: str,
     path: str,
@@ -149,10 +160,7 @@ def verify(
     if "host" not in auth.signed_headers or "x-sdk-date" not in auth.signed_headers:
         raise SignatureError("SignedHeaders must include host and x-sdk-date")
     date = headers.get("x-sdk-date", "")
-    try:
-        when = datetime.strptime(date, DATE_FORMAT).replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise SignatureError("X-Sdk-Date must look like 20240101T000000Z") from exc
+    when = parse_date(date)
     now = now or datetime.now(UTC)
     if abs((now - when).total_seconds()) > MAX_SKEW_S:
         raise SignatureError(
@@ -164,7 +172,5 @@ def verify(
     canon = canonical_request(method, path, query, headers, auth.signed_headers, body_sha256)
     expected = signature(secret, string_to_sign(date, canon))
     if not hmac.compare_digest(expected, auth.signature):
-        raise SignatureError(
-            "signature does not match; check the SK, the signed headers, the path, query and body"
-        )
+        raise SignatureError("signature does not match; check the SK, the signed headers, the path, query and body")
     return auth.access_key

@@ -60,9 +60,7 @@ class TokenService:
         self._valid_after: dict[str, float] = {}
         self._cache: dict[str, TokenClaims] = {}
 
-    def issue(
-        self, user_id: str, user_name: str, project_id: str, now: float | None = None
-    ) -> tuple[str, TokenClaims]:
+    def issue(self, user_id: str, user_name: str, project_id: str, now: float | None = None) -> tuple[str, TokenClaims]:
         now = time.time() if now is None else now
         claims = TokenClaims(user_id, user_name, project_id, now, now + self.ttl_s)
         payload = json.dumps(

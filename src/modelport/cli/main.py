@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from modelport.cli import models, services
+from modelport.cli import models, security, services
 from modelport.cli.output import client, console, fail, run
 
 app = typer.Typer(
@@ -18,6 +18,10 @@ app = typer.Typer(
 app.add_typer(models.app, name="model")
 app.add_typer(services.app, name="service")
 app.command("predict")(services.predict)
+app.add_typer(security.credentials, name="credentials")
+app.add_typer(security.apps, name="app")
+app.add_typer(security.users, name="user")
+app.add_typer(security.projects, name="project")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -45,6 +49,7 @@ def up(
 
     import uvicorn
 
+    from modelport.gateway.websocket import GatewayWebSocketProtocol
     from modelport.platform import Platform, bootstrap
     from modelport.settings import Settings
 
@@ -67,6 +72,7 @@ def up(
         host=settings.host,
         port=settings.port,
         http="httptools",
+        ws=GatewayWebSocketProtocol,  # fragments big messages, closes with 1001 on shutdown
         loop="uvloop",
         lifespan="on",
         interface="asgi3",
@@ -87,6 +93,56 @@ def up(
         start_demo_thread(server, settings)
     server.run()
     console.print("modelport stopped.")
+
+
+@app.command()
+def gateway(
+    port: int = typer.Option(..., "--port", "-p", help="Port to serve /v1/infers/* on."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    control_url: str = typer.Option(
+        None, "--control-url", help="The platform to follow [default: env MODELPORT_CONTROL_URL, else credentials]."
+    ),
+) -> None:
+    """Run one more gateway process: predictions only, fed by the platform's snapshot feed.
+
+    Needs the platform's MODELPORT_HOME (its secret.key); set MODELPORT_REDIS_URL on every gateway
+    and the platform so that QPS limits hold across all of them.
+    """
+    import json
+    import logging
+
+    import uvicorn
+
+    from modelport.gateway.remote import RemoteGateway
+    from modelport.gateway.websocket import GatewayWebSocketProtocol
+    from modelport.settings import Settings
+
+    settings = Settings()
+    url = control_url or settings.control_url
+    if not url and settings.credentials_file.exists():
+        url = json.loads(settings.credentials_file.read_text()).get("api_url")
+    if not url:
+        fail("MP.0001", "No control plane to follow.", "Pass --control-url or set MODELPORT_CONTROL_URL.")
+    if not _port_free(host, port):
+        fail("MP.0003", f"Port {port} on {host} is in use.", "Pick another --port.")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app_ = RemoteGateway(settings, url)
+    except FileNotFoundError as exc:
+        fail("MP.0001", str(exc))
+    console.print(f"[bold green]modelport gateway[/] on http://{host}:{port}/v1/infers/…, following {url}")
+    uvicorn.run(
+        app_,
+        host=host,
+        port=port,
+        http="httptools",
+        ws=GatewayWebSocketProtocol,
+        loop="uvloop",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        proxy_headers=False,
+    )
 
 
 @app.command("run-instance")

@@ -71,6 +71,12 @@ _HINTS = {
     "ModelArts.3502": "List services with `modelport service list`.",
     "ModelArts.3001": "List models with `modelport model list`.",
     "MP.0001": "Start the platform with `modelport up` first.",
+    "ModelArts.0108": "Your role in this project does not allow it; a project admin can change it "
+    "(`modelport project add-member PROJECT USER --role developer`).",
+    "ModelArts.0210": "You are not a member of that project; see `modelport project list`.",
+    "ModelArts.0206": "Check MODELPORT_ACCESS_KEY / MODELPORT_SECRET_KEY (`modelport credentials list`).",
+    "ModelArts.4206": "The service is over its QPS limit; retry later or raise it with `modelport service set-qps`.",
+    "MP.0429": "Too many failed logins; wait and check the password.",
 }
 
 

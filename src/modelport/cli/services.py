@@ -388,6 +388,44 @@ def wait(
         raise typer.Exit(1)
 
 
+@app.command("set-qps")
+def set_qps(
+    service: str = typer.Argument(..., help="Service id or name."),
+    qps: int = typer.Argument(..., help="Requests per second through the gateway; 0: back to the default (100)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Set the service's QPS limit (over it: 429 ModelArts.4206 with Retry-After)."""
+    c = client()
+    with api_errors():
+        sid = c.find_service(service)["service_id"]
+        c.set_qps(sid, qps or None)
+        svc = c.get_service(sid)
+    if as_json:
+        print_json(svc)
+        return
+    limit = (svc.get("additional_properties") or {}).get("qps_limit")
+    console.print(f"Service [bold]{svc['service_name']}[/]: {limit or 'default'} requests/s.")
+
+
+@app.command("set-auth")
+def set_auth(
+    service: str = typer.Argument(..., help="Service id or name."),
+    mode: str = typer.Argument(..., help="default (token, AK/SK, bound apps) or none (anyone may call it)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Choose whether calling the service needs a credential (`none` is an explicit opt-out)."""
+    c = client()
+    with api_errors():
+        sid = c.find_service(service)["service_id"]
+        c.update_service(sid, {"additional_properties": {"auth": mode}})
+        svc = c.get_service(sid)
+    if as_json:
+        print_json(svc)
+        return
+    mode_now = svc["additional_properties"].get("auth", "default")
+    console.print(f"Service [bold]{svc['service_name']}[/]: auth {mode_now}.")
+
+
 @app.command("delete")
 def delete(service: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """Delete a service."""

@@ -13,7 +13,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelport import __version__
-from modelport.control import auth_api, logs_api, models_api, services_api
+from modelport.control import (
+    apps_api,
+    auth_api,
+    credentials_api,
+    iam_api,
+    internal_api,
+    logs_api,
+    models_api,
+    services_api,
+)
+from modelport.control.body_limit import BodyLimit
 from modelport.errors import E, PlatformError
 
 if TYPE_CHECKING:
@@ -28,7 +38,10 @@ def _request_id(request: Request) -> str:
 
 def _error(request: Request, exc: PlatformError) -> JSONResponse:
     rid = _request_id(request)
-    return JSONResponse(exc.body(rid), status_code=exc.status, headers={"X-Request-Id": rid})
+    headers = {"X-Request-Id": rid}
+    if exc.fields.get("retry_after") is not None:
+        headers["Retry-After"] = str(exc.fields["retry_after"])
+    return JSONResponse(exc.body(rid), status_code=exc.status, headers=headers)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -67,6 +80,8 @@ def create_app(platform: Platform) -> FastAPI:
             return _error(
                 request, PlatformError(E.METHOD_NOT_ALLOWED, method=request.method, path=request.url.path)
             )
+        if exc.status_code == 400:  # FastAPI: a body it could not parse (e.g. JSON nested too deep)
+            return _error(request, PlatformError(E.BAD_JSON, detail="the body could not be parsed"))
         return _error(request, PlatformError(E.NOT_FOUND, method=request.method, path=request.url.path))
 
     @app.exception_handler(Exception)
@@ -88,4 +103,9 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(models_api.router)
     app.include_router(services_api.router)
     app.include_router(logs_api.router)
+    app.include_router(iam_api.router)
+    app.include_router(credentials_api.router)
+    app.include_router(apps_api.router)
+    app.include_router(internal_api.router)
+    app.add_middleware(BodyLimit, limit=platform.settings.api_max_body_bytes)
     return app

@@ -8,13 +8,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from modelport.auth.passwords import verify_password
+from modelport.auth.passwords import hash_password, verify_password
 from modelport.control.deps import platform
 from modelport.control.schemas import TokenRequest
 from modelport.errors import E, PlatformError
 from modelport.store.tables import Membership, Project, User
 
 router = APIRouter(tags=["auth"])
+
+# Checked when the user does not exist, so that a wrong name costs the same time as a wrong password.
+_DUMMY_HASH = hash_password("modelport-no-such-user")
 
 
 def _iso(ts: float) -> str:
@@ -30,16 +33,23 @@ def create_token(body: TokenRequest, request: Request) -> JSONResponse:
         raise PlatformError(E.INVALID_ARGUMENT, detail="only the 'password' identity method is supported")
     cred = ident.password.user
     scope = body.auth.scope.project if body.auth.scope else None
+    address = request.client.host if request.client else "-"
+    wait = p.login_throttle.retry_after(cred.name, address)
+    if wait:
+        raise PlatformError(E.LOGIN_THROTTLED, retry_after=wait)
     with p.store.session() as s:
         user = s.scalar(select(User).where(User.name == cred.name))
-        if user is None or not verify_password(cred.password, user.password_hash):
+        if not verify_password(cred.password, user.password_hash if user else _DUMMY_HASH) or user is None:
+            p.login_throttle.failed(cred.name, address)
             raise PlatformError(E.BAD_CREDENTIALS)
+        p.login_throttle.succeeded(cred.name, address)
         rows = s.execute(
             select(Project, Membership.role)
             .join(Membership, Membership.project_id == Project.id)
             .where(Membership.user_id == user.id)
         ).all()
         projects = {proj.id: proj for proj, _role in rows}
+        roles = {proj.id: role for proj, role in rows}
         if scope and (scope.id or scope.name):
             match = [pr for pr in projects.values() if pr.id == scope.id or pr.name == scope.name]
             if not match:
@@ -58,7 +68,7 @@ def create_token(body: TokenRequest, request: Request) -> JSONResponse:
             "user": {"id": user.id, "name": user.name, "domain": {"id": user.id, "name": user.name}},
             "project": {"id": project.id, "name": project.name, "domain": {"id": user.id, "name": user.name}},
             "catalog": [],
-            "roles": [{"name": "admin"}],
+            "roles": [{"name": roles[project.id]}],
         }
     }
     return JSONResponse(body_out, status_code=201, headers={"X-Subject-Token": token})

@@ -20,10 +20,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from modelport.auth.tokens import TokenClaims
 from modelport.backends.base import InstanceHandle
 from modelport.backends.logshim import LogFollower, parse_line, timestamp
-from modelport.control.deps import caller, platform
+from modelport.control.deps import Principal, allow, platform
 from modelport.control.services_api import _get_service
 from modelport.errors import E, PlatformError
 from modelport.store.tables import Instance, Model, ServiceUpdate
@@ -122,7 +121,7 @@ def service_logs(
     since: str | None = Query(None, description="Only lines at or after this time (epoch ms or ISO-8601)."),
     follow: bool = Query(False, description="Stream new lines as server-sent events."),
     update_time: int | None = Query(None, description="Filter of the update history (spec)."),
-    _who: TokenClaims = Depends(caller),
+    _who: Principal = Depends(allow("modelarts:service:getLogs")),
 ) -> dict[str, Any] | StreamingResponse:
     p = platform(request)
     since_ts = _since(since)

@@ -14,8 +14,7 @@ from urllib.parse import unquote, urlparse
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from sqlalchemy import func, select
 
-from modelport.auth.tokens import TokenClaims
-from modelport.control.deps import caller, platform
+from modelport.control.deps import Principal, allow, platform
 from modelport.control.schemas import CreateModelRequest
 from modelport.errors import E, PlatformError
 from modelport.packages import load_package
@@ -144,7 +143,7 @@ def create_model(
     body: CreateModelRequest,
     request: Request,
     tasks: BackgroundTasks,
-    who: TokenClaims = Depends(caller),
+    who: Principal = Depends(allow("modelarts:model:create")),
 ) -> dict[str, str]:
     """Import a model package from a local directory or `file://` URL; it publishes in the background."""
     p = platform(request)
@@ -201,7 +200,7 @@ def list_models(
     limit: int = Query(1000, ge=1, le=1000),
     sort_by: str = Query("create_at", pattern="^(create_at|model_version|model_size)$"),
     order: str = Query("desc", pattern="^(asc|desc)$"),
-    _who: TokenClaims = Depends(caller),
+    _who: Principal = Depends(allow("modelarts:model:list")),
 ) -> dict[str, Any]:
     if model_type and not_model_type:
         raise PlatformError(
@@ -244,7 +243,7 @@ def _get_model(s: Any, project_id: str, model_id: str) -> Model:
 
 @router.get("/v1/{project_id}/models/{model_id}")
 def show_model(
-    project_id: str, model_id: str, request: Request, _who: TokenClaims = Depends(caller)
+    project_id: str, model_id: str, request: Request, _who: Principal = Depends(allow("modelarts:model:get"))
 ) -> dict[str, Any]:
     with platform(request).store.session() as s:
         return model_body(_get_model(s, project_id, model_id))
@@ -271,7 +270,7 @@ def delete_model(
     model_id: str,
     request: Request,
     cascade: bool = False,
-    _who: TokenClaims = Depends(caller),
+    _who: Principal = Depends(allow("modelarts:model:delete")),
 ) -> dict[str, Any]:
     """Delete a model (refused while a service uses it); `cascade=true` deletes every version of its name."""
     p = platform(request)

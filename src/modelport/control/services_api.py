@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from modelport.auth.tokens import TokenClaims
 from modelport.batch.checkpoint import progress_fields
 from modelport.batch.spec import validate as validate_batch
-from modelport.control.deps import caller, platform
+from modelport.control import service_limits
+from modelport.control.deps import Principal, allow, caller, platform
 from modelport.control.flavors import node_capacity, resources, specifications_body
 from modelport.control.schemas import CreateServiceRequest, ScheduleIn, ServiceConfigIn, UpdateServiceRequest
 from modelport.errors import E, PlatformError
@@ -214,17 +214,21 @@ def list_specifications(
     request: Request,
     is_personal_cluster: bool = False,
     infer_type: str = "real-time",
-    _who: TokenClaims = Depends(caller),
+    _who: Principal = Depends(allow("modelarts:service:list")),
 ) -> dict[str, Any]:
     return specifications_body()
 
 
 @router.post("/v1/{project_id}/services")
 def create_service(
-    project_id: str, body: CreateServiceRequest, request: Request, who: TokenClaims = Depends(caller)
+    project_id: str,
+    body: CreateServiceRequest,
+    request: Request,
+    who: Principal = Depends(allow("modelarts:service:create")),
 ) -> dict[str, Any]:
     """Deploy a service. Validation is complete before anything is stored; the orchestrator then starts it."""
     p = platform(request)
+    properties = service_limits.check(body.additional_properties)
     if body.infer_type not in ("real-time", "batch"):
         raise PlatformError(E.INFER_TYPE_UNSUPPORTED, infer_type=body.infer_type)
     if body.infer_type == "batch":
@@ -270,7 +274,7 @@ def create_service(
                 config=configs,
                 schedule=schedule,
                 due_time=due_time(schedule, now),
-                additional_properties=body.additional_properties or {},
+                additional_properties=properties,
                 extra=extra,
                 publish_at=now,
                 update_time=now,
@@ -300,7 +304,7 @@ def list_services(
     limit: int = Query(1000, ge=1, le=1000),
     sort_by: str = Query("publish_at", pattern="^(publish_at|service_name|transition_at)$"),
     order: str = Query("desc", pattern="^(asc|desc)$"),
-    _who: TokenClaims = Depends(caller),
+    _who: Principal = Depends(allow("modelarts:service:list")),
 ) -> dict[str, Any]:
     q = select(Service).where(Service.project_id == project_id, Service.desired != "deleted")
     if service_id:
@@ -331,7 +335,7 @@ def list_services(
 
 @router.get("/v1/{project_id}/services/{service_id}")
 def show_service(
-    project_id: str, service_id: str, request: Request, _who: TokenClaims = Depends(caller)
+    project_id: str, service_id: str, request: Request, _who: Principal = Depends(allow("modelarts:service:get"))
 ) -> dict[str, Any]:
     with platform(request).store.session() as s:
         return service_body(s, _get_service(s, project_id, service_id), str(request.base_url))
@@ -378,9 +382,10 @@ def update_service(
     service_id: str,
     body: UpdateServiceRequest,
     request: Request,
-    _who: TokenClaims = Depends(caller),
+    _who: Principal = Depends(caller),
 ) -> dict[str, Any]:
     """Change config, description, schedule or status; with `status` in the body only it is applied (spec)."""
+    _who.require("modelarts:service:action" if body.status is not None else "modelarts:service:update")
     p = platform(request)
     with p.store.session() as s:
         svc = _get_service(s, project_id, service_id)
@@ -403,7 +408,7 @@ def update_service(
             if body.schedule is not None:
                 _update_schedule(s, svc, body.schedule)
             if body.additional_properties is not None:
-                svc.additional_properties = {**svc.additional_properties, **body.additional_properties}
+                svc.additional_properties = service_limits.merge(svc.additional_properties, body.additional_properties)
             extra = body.model_dump(include={"load_balancer_policy", "service_secrets", "priority"}, exclude_none=True)
             if extra:
                 svc.extra = {**svc.extra, **extra}
@@ -444,7 +449,7 @@ def _update_schedule(s: Session, svc: Service, schedule: list[ScheduleIn]) -> No
 
 @router.delete("/v1/{project_id}/services/{service_ids}")
 def delete_service(
-    project_id: str, service_ids: str, request: Request, _who: TokenClaims = Depends(caller)
+    project_id: str, service_ids: str, request: Request, _who: Principal = Depends(allow("modelarts:service:delete"))
 ) -> dict[str, Any]:
     """Delete one or several (comma-joined) services; instances are drained and stopped in the background."""
     p = platform(request)
@@ -471,7 +476,7 @@ def list_events(
     limit: int = Query(1000, ge=1, le=1000),
     sort_by: str = Query("occur_time", pattern="^occur_time$"),
     order: str = Query("desc", pattern="^(asc|desc)$"),
-    _who: TokenClaims = Depends(caller),
+    _who: Principal = Depends(allow("modelarts:service:getEvents")),
 ) -> dict[str, Any]:
     if event_info and _EVENT_INFO_FORBIDDEN.search(event_info):
         raise PlatformError(E.INVALID_ARGUMENT, detail="event_info must not contain any of `(){}';,[]<>/?")

@@ -10,6 +10,11 @@ on another instance when the connection failed before any response byte) → rel
 as it arrives. Platform errors become catalog JSON bodies (`responses.py`); whatever the model
 answers passes through untouched apart from hop-by-hop headers and the headers we add.
 
+Streams: an event stream (SSE, JSON lines) is relayed piece by piece as the instance writes it;
+once its head went out, the timeout bounds each silence (`stream_idle_timeout_s`), not the
+stream. A prefix-affinity (LLM) service has its body held up to `prefix.MAX_BODY` to route by
+prompt. A WebSocket upgrade takes the head, auth and admission steps, then `websocket.py` relays it.
+
 Nothing here touches the store: routes arrive through `set_routes`, counters leave through
 `take_stats` and the Prometheus series in `metrics.py`.
 """
@@ -17,19 +22,23 @@ Nothing here touches the store: routes arrive through `set_routes`, counters lea
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from random import getrandbits
 from typing import Any
 
+from modelport.auth.snapshot import AuthSnapshot
 from modelport.auth.tokens import TokenService
 from modelport.errors import E, PlatformError
-from modelport.gateway import metrics
-from modelport.gateway.auth import Authentication, TokenAuth
+from modelport.gateway import metrics, prefix, websocket
+from modelport.gateway.auth import AppCodeAuth, Authentication, Pending, SignatureAuth, SnapshotRef, TokenAuth
 from modelport.gateway.balance import Balancer, ServicePlan, Target
+from modelport.gateway.ratelimit import Limiter, burst_for
 from modelport.gateway.responses import send_error
 from modelport.gateway.routes import RouteTable
 from modelport.gateway.upstream import Connection, Pool, UpstreamError
@@ -104,6 +113,7 @@ class _Exchange:
     """Per-request state shared by the steps."""
 
     __slots__ = (
+        "affinity",
         "begun",
         "client_gone",
         "conn",
@@ -114,7 +124,9 @@ class _Exchange:
         "finished",
         "fwd",
         "idle_from",
+        "idle_timeout",
         "method",
+        "pending",
         "pump",
         "pump_error",
         "receive",
@@ -144,6 +156,7 @@ class _Exchange:
         self.request_id = b""
         self.fwd: list[bytes] = []
         self.creds: dict[bytes, bytes] = {}
+        self.pending: Pending | None = None  # a signature over the body, finished once the body is read
         self.content_length: int | None = None
         self.received = 0
         self.target: Target | None = None
@@ -160,6 +173,8 @@ class _Exchange:
         self.begun = 0.0
         self.deadline = 0.0  # loop time by which the response head must have arrived
         self.idle_from = 0.0  # loop time of the last response bytes relayed (then: idle timeout)
+        self.idle_timeout = 0.0
+        self.affinity: list[bytes] | None = None  # the prompt's hash chain (prefix-affinity services)
         self.timed_out = False
         self.pump: asyncio.Task[None] | None = None  # streams a big request body upstream
         self.pump_error: PlatformError | _ClientGone | None = None
@@ -169,17 +184,41 @@ class Gateway:
     """The data plane's ASGI app. See the module docstring for the steps of a request."""
 
     def __init__(
-        self, tokens: TokenService, *, max_body_bytes: int = 12 * 1024 * 1024, timeout_s: float = 40.0
+        self,
+        tokens: TokenService,
+        *,
+        max_body_bytes: int = 12 * 1024 * 1024,
+        timeout_s: float = 40.0,
+        limiter: Limiter | None = None,
+        qps_limit: int | None = None,
+        qps_burst_fraction: float = 0.1,
+        ws_message_rate: float | None = None,
+        ws_message_burst: int | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
-        self._auth = Authentication([TokenAuth(tokens)])
+        # -- auth and limits (gateway/auth.py, gateway/ratelimit.py) --
+        # Without a limiter (bare gateway in tests/benchmarks) there is no QPS limit; the platform
+        # passes one with the default limit, which a service's `qps_limit` overrides.
+        self._limiter = limiter
+        self.qps_limit = qps_limit
+        self.qps_burst_fraction = qps_burst_fraction
+        self._snapshot = SnapshotRef()
+        self._auth = Authentication(
+            [TokenAuth(tokens, self._snapshot), AppCodeAuth(self._snapshot), SignatureAuth(self._snapshot)]
+        )
+        # -- end auth and limits --
         # header name -> True: credential to capture (and drop if secret); False: drop/handle
         self._special: dict[bytes, bool] = dict.fromkeys(_REQUEST_HANDLED, False)
         self._special.update(dict.fromkeys(self._auth.headers, True))
         self._forward_creds = self._auth.headers - self._auth.secret_headers
         self._balancer = Balancer()
         self._pool = Pool()
+        # WebSocket sessions; `ws_message_rate`: client messages/s a session may send (None: no limit),
+        # in bursts of `ws_message_burst` (default: one second's worth).
+        self._sessions = websocket.Sessions(
+            self._balancer, message_rate=ws_message_rate, message_burst=ws_message_burst
+        )
         self._stats: dict[str, list[int]] = {}
         # Request ids: a random per-gateway prefix and a counter (unique, and cheaper than
         # 16 random bytes per request).
@@ -189,6 +228,10 @@ class Gateway:
         self._sweeper: asyncio.TimerHandle | None = None
 
     # -- control side ------------------------------------------------------------------------
+
+    def set_auth(self, snapshot: AuthSnapshot, *_: object) -> None:
+        """Swap in a new auth snapshot (keys, apps, bindings, roles); requests see the old or the new one."""
+        self._snapshot.current = snapshot
 
     def set_routes(self, table: RouteTable) -> None:
         """Swap in a new route table (atomic: requests see the old or the new one, whole)."""
@@ -214,13 +257,17 @@ class Gateway:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        await self._sessions.aclose()
         await self._pool.aclose()
 
     # -- ASGI ------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self._not_http(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self._not_http(scope, receive, send)
             return
         started = time.perf_counter()
         ex = _Exchange(scope, receive, send)
@@ -228,7 +275,7 @@ class Gateway:
         try:
             self._read_head(ex)
             plan = self._balancer.plans.get(ex.service_id)
-            self._auth.check(ex.creds, plan.route if plan is not None else None, scope["headers"])
+            ex.pending = self._auth.check(ex.creds, plan.route if plan is not None else None, scope)
             if plan is None:
                 raise PlatformError(E.GW_SERVICE_NOT_FOUND, service_id=ex.service_id)
             self._check_declared_size(ex, plan)
@@ -267,8 +314,6 @@ class Gateway:
                     await self.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -337,10 +382,16 @@ class Gateway:
         route = plan.route
         limit = route.max_body_bytes or self.max_body_bytes
         self._start_timer(ex, route.timeout_s or self.timeout_s)
+        ex.idle_timeout = route.stream_idle_timeout_s or ex.timeout
         sm = metrics.for_service(ex.service_id)
         sm.inflight += 1
         try:
-            body, more = await self._read_body_prefix(ex, limit)
+            whole = ex.pending is not None and ex.pending.needs_body
+            hold = prefix.MAX_BODY if plan.affinity is not None else REPLAY_LIMIT
+            body, more = await self._read_body_prefix(ex, limit, whole=whole, hold=hold)
+            if plan.affinity is not None and not more:
+                ex.affinity = prefix.prompt_chain(ex.upstream_path, body)
+            await self._admit(ex, plan, body)
             await self._exchange(ex, plan, body, more, limit)
             await self._relay(ex)
         except asyncio.CancelledError:
@@ -362,8 +413,27 @@ class Gateway:
         finally:
             sm.inflight -= 1
 
-    async def _read_body_prefix(self, ex: _Exchange, limit: int) -> tuple[bytes, bool]:
-        """The body if it is at most `REPLAY_LIMIT` bytes, else its first part; and whether more follows."""
+    async def _admit(self, ex: _Exchange, plan: ServicePlan, body: bytes) -> None:
+        """Finish a signature check with the body it covers, then take a QPS token (429 if none)."""
+        if ex.pending is not None:
+            ex.pending.finish(hashlib.sha256(body).hexdigest() if ex.pending.needs_body else "")
+        limiter = self._limiter
+        rate = plan.route.qps_limit or self.qps_limit
+        if limiter is None or not rate:
+            return
+        wait = await limiter.take(ex.service_id, rate, burst_for(rate, self.qps_burst_fraction))
+        if wait:
+            raise PlatformError(
+                E.GW_THROTTLED, service_id=ex.service_id, limit=rate, retry_after=max(1, math.ceil(wait))
+            )
+
+    async def _read_body_prefix(
+        self, ex: _Exchange, limit: int, whole: bool = False, hold: int = REPLAY_LIMIT
+    ) -> tuple[bytes, bool]:
+        """The body if it is at most `hold` bytes, else its first part; and whether more follows.
+
+        With `whole` (a signed body, to hash before anything is forwarded) all of it, up to `limit`.
+        """
         message = await ex.receive()
         if message["type"] != "http.request":
             raise _ClientGone
@@ -372,7 +442,7 @@ class Gateway:
         received = len(body)
         if more:
             parts = [body]
-            while more and received <= REPLAY_LIMIT:
+            while more and (whole or received <= hold):
                 message = await ex.receive()
                 if message["type"] != "http.request":
                     raise _ClientGone
@@ -397,7 +467,7 @@ class Gateway:
         provided the body can be replayed (or none of it was sent yet).
         """
         balancer = self._balancer
-        target = balancer.pick(plan)
+        target = balancer.pick(plan, chain=ex.affinity)
         if target is None:
             raise PlatformError(E.GW_NO_INSTANCE, service_id=ex.service_id)
         balancer.enter(target)
@@ -425,7 +495,7 @@ class Gateway:
                     fresh = True
                     continue
                 balancer.suspect(target.instance_id)
-                other = None if retried_elsewhere else balancer.pick(plan, exclude=target.instance_id)
+                other = None if retried_elsewhere else balancer.pick(plan, target.instance_id, ex.affinity)
                 if other is None:
                     raise
                 log.info("request %s: retry on %s: %s", ex.request_id.decode(), other.instance_id, exc)
@@ -508,6 +578,10 @@ class Gateway:
         if conn.complete:
             await send({"type": "http.response.body", "body": conn.take_body(), "more_body": False})
             return
+        separator = _event_separator(conn.headers)
+        if separator is not None:
+            await self._relay_stream(ex, conn, separator)
+            return
         loop_time = asyncio.get_running_loop().time
         while True:
             ex.idle_from = loop_time()
@@ -515,6 +589,69 @@ class Gateway:
             await send({"type": "http.response.body", "body": chunk, "more_body": not done})
             if done:
                 return
+
+    # -- event streams and WebSocket (issue 7) ---------------------------------------------------
+
+    async def _relay_stream(self, ex: _Exchange, conn: Connection, separator: bytes) -> None:
+        """Relay an event stream piece by piece as the instance writes it (one send each: no
+        buffering), counting its events (SSE messages, keep-alive comments included; JSON lines)."""
+        send = ex.send
+        loop_time = asyncio.get_running_loop().time
+        events = 0
+        straddle = separator[:1]  # a separator split over two pieces ends one and starts the next
+        ended_half = False
+        try:
+            while True:
+                ex.idle_from = loop_time()
+                chunk, done = await conn.read_body()
+                await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+                events += chunk.count(separator)
+                if len(separator) > 1:
+                    events += ended_half and chunk[:1] == straddle
+                    ended_half = chunk[-1:] == straddle
+                if done:
+                    return
+        finally:
+            metrics.streams_of(ex.service_id).stream_ended(loop_time() - ex.begun, events)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An upgrade: the head, auth and admission steps of an HTTP request, then a relayed session.
+
+        Admission runs on an empty body: a signed upgrade is verified, and the service's QPS limit
+        counts handshakes (never messages: those have a per-session rate, `ws_message_rate`).
+        """
+        started = time.perf_counter()
+        scope = websocket.as_request(scope)
+        ex = _Exchange(scope, receive, send)
+        plan: ServicePlan | None = None
+        relay = None
+        try:
+            if (await receive())["type"] != "websocket.connect":
+                return
+            self._read_head(ex)
+            plan = self._balancer.plans.get(ex.service_id)
+            ex.pending = self._auth.check(ex.creds, plan.route if plan is not None else None, scope)
+            if plan is None:
+                raise PlatformError(E.GW_SERVICE_NOT_FOUND, service_id=ex.service_id)
+            if not plan.serving:
+                raise PlatformError(E.GW_NOT_RUNNING, service_id=ex.service_id, status=plan.route.status)
+            if not plan.route.websocket:
+                raise PlatformError(E.GW_NO_WEBSOCKET, service_id=ex.service_id)
+            await self._admit(ex, plan, b"")
+            route = plan.route
+            relay = await self._sessions.open(
+                ex,
+                plan,
+                timeout=route.timeout_s or self.timeout_s,
+                max_message=route.max_body_bytes or self.max_body_bytes,
+            )
+        except PlatformError as err:
+            ex.error, ex.status = err, err.status
+            await websocket.refuse_with_error(send, scope, err, ex.request_id)
+        finally:
+            self._record(ex, plan, time.perf_counter() - started)  # the handshake
+        if relay is not None:
+            await self._sessions.run(relay)
 
     # -- timing and client watching --------------------------------------------------------------
 
@@ -539,7 +676,7 @@ class Gateway:
         for ex in list(self._active):
             if ex.watcher is None and ex.sent and now - ex.begun >= _WATCH_CLIENT_AFTER_S:
                 self._watch_client(ex)
-            if now >= (ex.idle_from + ex.timeout if ex.responded else ex.deadline):
+            if now >= (ex.idle_from + ex.idle_timeout if ex.responded else ex.deadline):
                 ex.timed_out = True
                 self._active.discard(ex)
                 ex.task.cancel()  # type: ignore[union-attr]
@@ -602,6 +739,19 @@ class Gateway:
         stats[0] += 1
         if failed:
             stats[1] += 1
+
+
+def _event_separator(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """What ends one event of an event-stream response (SSE, JSON lines); None for other responses."""
+    for name, value in headers:
+        if name == b"content-type":
+            kind = value.partition(b";")[0].strip().lower()
+            if kind == b"text/event-stream":
+                return b"\n\n"
+            if kind in (b"application/x-ndjson", b"application/jsonl"):
+                return b"\n"
+            return None
+    return None
 
 
 def _drop_connection_listed(fwd: list[bytes], value: bytes) -> None:

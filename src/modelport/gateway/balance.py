@@ -1,7 +1,9 @@
 """Balance: which version (smooth weighted round-robin) and instance (least outstanding) serve a request.
 
 `Balancer.update` turns each pushed `RouteTable` into per-service plans once, so a pick on the hot
-path is a few list operations. Invariants:
+path is a few list operations. A service with policy `PREFIX_AFFINITY` (LLM services) picks the
+instance by prompt prefix instead, within a load bound (`prefix.py`), when the request has a
+prompt chain; its record of recent decisions survives table updates. Invariants:
 - only versions with weight > 0 and at least one routable instance take part; their weights are
   used as they are (so they renormalise over whoever takes part);
 - a version's round-robin state survives a table update as long as the set of taking-part
@@ -15,10 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from modelport.gateway.prefix import Affinity
 from modelport.gateway.routes import RouteTable, ServiceRoute
 
 # Service statuses that take traffic; "deploying" does too once some instance is ready.
 _SERVING = frozenset({"running", "concerning"})
+PREFIX_AFFINITY = "PREFIX_AFFINITY"
 
 
 class SmoothWRR:
@@ -107,12 +111,13 @@ class VersionPlan:
 class ServicePlan:
     """A service as the gateway routes it: limits, whether it serves, and its versions to pick from."""
 
-    __slots__ = ("route", "serving", "versions", "wrr")
+    __slots__ = ("affinity", "route", "serving", "versions", "wrr")
 
     def __init__(self, route: ServiceRoute, versions: list[VersionPlan], wrr: SmoothWRR | None) -> None:
         self.route = route
         self.versions = versions  # taking part, in route order
         self.wrr = wrr
+        self.affinity: Affinity | None = None  # set for PREFIX_AFFINITY services
         has_endpoints = any(v.endpoints for v in route.versions)
         self.serving = route.status in _SERVING or (route.status == "deploying" and has_endpoints)
 
@@ -180,6 +185,8 @@ class Balancer:
             if v.weight > 0 and targets:
                 versions.append(VersionPlan(v.config_id, v.model_version, v.weight, targets))
         plan = ServicePlan(route, versions, None)
+        if route.policy == PREFIX_AFFINITY:
+            plan.affinity = old.affinity if old is not None and old.affinity is not None else Affinity()
         if old is not None and old.shape == plan.shape:
             plan.wrr = old.wrr
             for new_v, old_v in zip(versions, old.versions, strict=True):
@@ -190,11 +197,12 @@ class Balancer:
 
     # -- hot path ----------------------------------------------------------------------------
 
-    def pick(self, plan: ServicePlan, exclude: str | None = None) -> Target | None:
-        """An instance for one request: version by weight, then instance by load.
+    def pick(self, plan: ServicePlan, exclude: str | None = None, chain: list[bytes] | None = None) -> Target | None:
+        """An instance for one request: version by weight, then instance by load (or prompt prefix).
 
         With `exclude` (a retry after that instance failed) the same version is tried first,
-        then the other versions in order.
+        then the other versions in order. `chain`: the request's prompt hash chain (`prefix.py`),
+        used when the service routes by prefix affinity.
         """
         versions = plan.versions
         if not versions:
@@ -204,7 +212,11 @@ class Balancer:
             self._expire_suspects()
             avoid = self._suspect or None
         version = versions[plan.wrr.pick()] if len(versions) > 1 else versions[0]  # type: ignore[union-attr]
-        target = version.pick(self.load, exclude, avoid)
+        affinity = plan.affinity if chain else None
+        if affinity is not None:
+            target = self._pick_affine(affinity, version, chain, exclude, avoid)  # type: ignore[arg-type]
+        else:
+            target = version.pick(self.load, exclude, avoid)
         if target is None and exclude is not None:
             for other in versions:
                 if other is not version:
@@ -212,6 +224,24 @@ class Balancer:
                     if target is not None:
                         break
         return target
+
+    def _pick_affine(
+        self,
+        affinity: Affinity,
+        version: VersionPlan,
+        chain: list[bytes],
+        exclude: str | None,
+        avoid: dict[str, float] | None,
+    ) -> Target | None:
+        """The prefix-affine instance of `version` within the load bound, else its least outstanding."""
+        targets = version.targets
+        if exclude is not None or avoid:
+            now = time.monotonic()
+            targets = [
+                t for t in targets if t.instance_id != exclude and not (avoid and avoid.get(t.instance_id, 0.0) > now)
+            ]
+        load = self.load
+        return affinity.pick(chain, targets, load, lambda: version.pick(load, exclude, avoid))  # type: ignore[return-value]
 
     def enter(self, target: Target) -> None:
         load = self.load

@@ -3,7 +3,13 @@
 Series (in the default registry, so the process's `/metrics` shows them):
 `modelport_gateway_requests_total{service_id,model_version,code}`,
 `modelport_gateway_request_duration_seconds{service_id,model_version}` (histogram),
-`modelport_gateway_errors_total{service_id,error_code}`, `modelport_gateway_inflight{service_id}`.
+`modelport_gateway_errors_total{service_id,error_code}`, `modelport_gateway_inflight{service_id}`;
+for streams (SSE / JSON lines responses) and WebSocket sessions, per service:
+`modelport_gateway_stream_duration_seconds` (histogram), `modelport_gateway_stream_events_total`,
+`modelport_gateway_websocket_sessions_total{service_id,close_code}` (close code sent to the client),
+`modelport_gateway_websocket_duration_seconds` (histogram),
+`modelport_gateway_websocket_messages_total{service_id,direction}` (`in`: client to model, `out`),
+`modelport_gateway_websocket_open{service_id}`.
 
 prometheus_client's own metric objects take a lock per update and a lookup per `labels()`; the
 gateway instead bumps integers in per-(service, version) objects it holds, and one collector
@@ -126,3 +132,125 @@ class _GatewayCollector(Collector):
 
 
 REGISTRY.register(_GatewayCollector())
+
+
+# -- streams and WebSocket sessions ------------------------------------------------------------
+
+STREAM_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+_STREAM_LE = [*(f"{b:g}" for b in STREAM_BUCKETS), "+Inf"]
+
+
+class StreamMetrics:
+    """Counters of one service's long-lived exchanges: event streams and WebSocket sessions."""
+
+    __slots__ = (
+        "service_id",
+        "stream_buckets",
+        "stream_events",
+        "stream_seconds",
+        "ws_buckets",
+        "ws_closes",
+        "ws_in",
+        "ws_open",
+        "ws_out",
+        "ws_seconds",
+    )
+
+    def __init__(self, service_id: str) -> None:
+        self.service_id = service_id
+        self.stream_buckets = [0] * (len(STREAM_BUCKETS) + 1)
+        self.stream_seconds = 0.0
+        self.stream_events = 0
+        self.ws_buckets = [0] * (len(STREAM_BUCKETS) + 1)
+        self.ws_seconds = 0.0
+        self.ws_closes: dict[int, int] = {}
+        self.ws_in = 0
+        self.ws_out = 0
+        self.ws_open = 0
+
+    def stream_ended(self, seconds: float, events: int) -> None:
+        self.stream_buckets[bisect_left(STREAM_BUCKETS, seconds)] += 1
+        self.stream_seconds += seconds
+        self.stream_events += events
+
+    def session_ended(self, seconds: float, close_code: int) -> None:
+        self.ws_buckets[bisect_left(STREAM_BUCKETS, seconds)] += 1
+        self.ws_seconds += seconds
+        self.ws_closes[close_code] = self.ws_closes.get(close_code, 0) + 1
+
+
+_streams: dict[str, StreamMetrics] = {}
+
+
+def streams_of(service_id: str) -> StreamMetrics:
+    sm = _streams.get(service_id)
+    if sm is None:
+        sm = _streams[service_id] = StreamMetrics(service_id)
+    return sm
+
+
+def _histogram(buckets: list[int]) -> list[tuple[str, int]]:
+    cumulative, out = 0, []
+    for le, n in zip(_STREAM_LE, list(buckets), strict=True):
+        cumulative += n
+        out.append((le, cumulative))
+    return out
+
+
+class _StreamCollector(Collector):
+    """The stream and WebSocket series (same threading rules as `_GatewayCollector`)."""
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        durations, events, sessions, ws_durations, messages, ws_open = families = self._families()
+        for sm in list(_streams.values()):
+            sid = sm.service_id
+            if sm.stream_events or any(sm.stream_buckets):
+                durations.add_metric([sid], _histogram(sm.stream_buckets), sm.stream_seconds)
+                events.add_metric([sid], sm.stream_events)
+            if sm.ws_closes or sm.ws_open:
+                for code, n in list(sm.ws_closes.items()):
+                    sessions.add_metric([sid, str(code)], n)
+                ws_durations.add_metric([sid], _histogram(sm.ws_buckets), sm.ws_seconds)
+                messages.add_metric([sid, "in"], sm.ws_in)
+                messages.add_metric([sid, "out"], sm.ws_out)
+                ws_open.add_metric([sid], sm.ws_open)
+        yield from families
+
+    @staticmethod
+    def _families() -> tuple[Metric, ...]:
+        return (
+            HistogramMetricFamily(
+                "modelport_gateway_stream_duration_seconds",
+                "Length of event streams (SSE, JSON lines) relayed by the gateway, from request to end.",
+                labels=["service_id"],
+            ),
+            CounterMetricFamily(
+                "modelport_gateway_stream_events",
+                "Events (SSE messages, comments included; JSON lines) relayed in streams.",
+                labels=["service_id"],
+            ),
+            CounterMetricFamily(
+                "modelport_gateway_websocket_sessions",
+                "WebSocket sessions relayed, by the close code the client got.",
+                labels=["service_id", "close_code"],
+            ),
+            HistogramMetricFamily(
+                "modelport_gateway_websocket_duration_seconds",
+                "Length of WebSocket sessions, from accept to close.",
+                labels=["service_id"],
+            ),
+            CounterMetricFamily(
+                "modelport_gateway_websocket_messages",
+                "WebSocket messages relayed: in = client to model, out = model to client.",
+                labels=["service_id", "direction"],
+            ),
+            GaugeMetricFamily(
+                "modelport_gateway_websocket_open", "WebSocket sessions open now.", labels=["service_id"]
+            ),
+        )
+
+
+REGISTRY.register(_StreamCollector())

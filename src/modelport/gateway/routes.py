@@ -38,11 +38,14 @@ class ServiceRoute:
     versions: tuple[VersionRoute, ...]
     max_body_bytes: int | None = None  # None: gateway default
     timeout_s: float | None = None  # None: gateway default
-    auth_required: bool = True
+    auth_required: bool = True  # False: additional_properties.auth == "none" (explicit opt-in)
+    qps_limit: int | None = None  # requests/s; None: gateway default
     # Instance choice: LEAST_CONNECTIONS (default), ROUND_ROBIN, SOURCE_IP, or PREFIX_AFFINITY (LLM services).
     policy: str = "LEAST_CONNECTIONS"
     kind: str = "python"  # runtime of the service's models: python | command | llm
     websocket: bool = False  # additional_properties.websocket_upgrade
+    # Longest silence of a streamed response once its head went out (SSE); None: `timeout_s`.
+    stream_idle_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,27 @@ class UpstreamError(Exception):
         self.connected = connected  # False: the connection could not even be opened
 
 
-class Connection(asyncio.Protocol):
+class Waitable:
+    """A protocol with one consumer task, which waits (`_wait`) until the protocol has news for it
+    (`_wake`): a bare future each time, cheaper than an asyncio.Event."""
+
+    _loop: asyncio.AbstractEventLoop
+    _waiter: asyncio.Future[None] | None
+
+    async def _wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Connection(Waitable, asyncio.Protocol):
     """One TCP connection to an instance; one request/response exchange at a time."""
 
     def __init__(self, pool: Pool, key: Key) -> None:
@@ -136,18 +156,6 @@ class Connection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()  # type: ignore[union-attr]
         self._fail(UpstreamError(detail, responded=self.responded))
-
-    async def _wait(self) -> None:
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _fail(self, exc: UpstreamError) -> None:
         if self._exc is None and not self.complete:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from modelport.backends.base import Backend, InstanceHandle, InstanceSpec
 from modelport.control.flavors import resources
+from modelport.control.service_limits import route_fields
 from modelport.orchestrator.probes import Prober, ProbeResult
 from modelport.orchestrator.status import LIVE, InstanceView, service_state
 from modelport.packages import HealthConfig, ModelPackage, load_package
@@ -663,8 +664,9 @@ class Orchestrator:
                 policy=svc.extra.get("load_balancer_policy") or default_policy,
                 kind=kind,
                 websocket=bool(svc.additional_properties.get("websocket_upgrade")),
+                **route_fields(svc.additional_properties),  # auth mode and limits (issue 6)
             )
-        sig = tuple(sorted((k, v.status, v.versions) for k, v in routes.items()))
+        sig = tuple(sorted(routes.items()))  # every field: a limit or auth-mode change republishes too
         if sig != self._routes_sig:
             self._routes_sig = sig
             self._route_revision += 1

@@ -27,6 +27,8 @@ class User(Base):
     # Tokens issued before this time (epoch seconds) are refused: password change, user delete.
     tokens_valid_after: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # Platform administrator: manages users and projects (migration 0004).
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Membership(Base):
@@ -168,3 +170,49 @@ class BatchRecord(Base):
 
 
 # ---- security (migration 0004): AK/SK pairs, apps, AppCodes, app-service bindings ------------------
+
+
+class AccessKey(Base):
+    """An AK/SK pair of a user. The SK is sealed (AES-GCM, `auth/secrets.py`): the verifier needs it back."""
+
+    __tablename__ = "access_keys"
+    access_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class App(Base):
+    """An app of a project: AppKey/AppSecret for signed predictions, AppCodes for simple ones."""
+
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_app_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    owner: Mapped[str] = mapped_column(String(64))
+    app_key: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AppCode(Base):
+    """An AppCode: only its SHA-256 is kept; the code itself is shown once, at creation."""
+
+    __tablename__ = "app_codes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    code_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(8))  # first characters, to tell codes apart
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AppBinding(Base):
+    """The app may call the service (spec §5.3 "app authorised for the service")."""
+
+    __tablename__ = "app_bindings"
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
