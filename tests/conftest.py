@@ -121,9 +121,7 @@ class PlatformProc:
             timeout=timeout,
         )
         if check and out.returncode != 0:
-            raise AssertionError(
-                f"modelport {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-            )
+            raise AssertionError(f"modelport {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
         return out
 
     def instance_pids(self) -> list[int]:

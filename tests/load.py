@@ -41,9 +41,7 @@ class Load:
                 t0 = time.monotonic()
                 try:
                     resp = client.post(self.url, json=self.body)
-                    res = Result(
-                        t0, time.monotonic(), resp.status_code, resp.headers.get("x-modelport-version")
-                    )
+                    res = Result(t0, time.monotonic(), resp.status_code, resp.headers.get("x-modelport-version"))
                     if resp.status_code != 200:
                         res.error = resp.text[:300]
                 except httpx.HTTPError as exc:

@@ -137,9 +137,7 @@ class Client:
         return resp.json() if resp.content else {}
 
     # ---- models ----------------------------------------------------------------------
-    def import_model(
-        self, name: str, version: str, model_type: str, source: str | Path, **fields: Any
-    ) -> str:
+    def import_model(self, name: str, version: str, model_type: str, source: str | Path, **fields: Any) -> str:
         body = {
             "model_name": name,
             "model_version": version,
@@ -214,9 +212,7 @@ class Client:
         for svc in self.list_services()["services"]:
             if name_or_id in (svc["service_id"], svc["service_name"]):
                 return svc
-        raise ApiError(
-            404, "ModelArts.3502", f"Service {name_or_id} not found. See `modelport service list`."
-        )
+        raise ApiError(404, "ModelArts.3502", f"Service {name_or_id} not found. See `modelport service list`.")
 
     def wait_service(
         self,

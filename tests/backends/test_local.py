@@ -216,9 +216,7 @@ async def test_instance_gets_port_host_and_id_and_logs_both_streams(
     assert '"EXTRA": "from spec"' in env_line
     assert '"MODELPORT_LEAKED_SETTING": null' in env_line
     assert "hello on stderr" in lines
-    await wait_for(
-        lambda: any("GET /health" in line for line in logged(backend, handle))
-    )  # stderr access log
+    await wait_for(lambda: any("GET /health" in line for line in logged(backend, handle)))  # stderr access log
 
     # The default SIGTERM action ends the server: the exit code says which signal.
     assert await backend.stop(handle, grace_s=5) == -signal.SIGTERM
@@ -232,9 +230,7 @@ async def test_start_uses_the_requested_port(backend: TrackingBackend, tmp_path:
     await backend.stop(handle, grace_s=2)
 
 
-async def test_start_of_a_missing_program_raises_start_error(
-    backend: TrackingBackend, tmp_path: Path
-) -> None:
+async def test_start_of_a_missing_program_raises_start_error(backend: TrackingBackend, tmp_path: Path) -> None:
     spec = dataclasses.replace(make_spec(tmp_path, "missing", SLEEPER), argv=[str(tmp_path / "no-such-prog")])
     with pytest.raises(StartError, match="cannot start"):
         await backend.start(spec)
@@ -329,9 +325,7 @@ async def test_stop_reaches_the_whole_process_group(backend: TrackingBackend, tm
 # -- adopt ---------------------------------------------------------------------------------------
 
 
-async def test_fresh_backend_adopts_a_live_instance_and_can_stop_it(
-    backend: TrackingBackend, tmp_path: Path
-) -> None:
+async def test_fresh_backend_adopts_a_live_instance_and_can_stop_it(backend: TrackingBackend, tmp_path: Path) -> None:
     handle = await start_ready(backend, make_spec(tmp_path, "adoptee", SLEEPER))
     stored = InstanceHandle.from_dict(handle.to_dict())  # as the orchestrator keeps it in the store
 
@@ -346,9 +340,7 @@ async def test_fresh_backend_adopts_a_live_instance_and_can_stop_it(
     assert backend.poll(handle).exit_code == -signal.SIGTERM  # the real parent learns the code
 
 
-async def test_recycled_pid_is_neither_adopted_nor_signalled(
-    backend: TrackingBackend, tmp_path: Path
-) -> None:
+async def test_recycled_pid_is_neither_adopted_nor_signalled(backend: TrackingBackend, tmp_path: Path) -> None:
     handle = await start_ready(backend, make_spec(tmp_path, "victim", SLEEPER))
     recycled = dataclasses.replace(handle, start_ticks=handle.start_ticks + 1)
 
@@ -369,9 +361,7 @@ def test_another_process_is_not_adopted() -> None:
     assert not fresh.adopt(InstanceHandle(instance_id="x", start_ticks=my_ticks + 17, **common))
     # Right pid and ticks, but it was never started as instance "x".
     assert not fresh.adopt(InstanceHandle(instance_id="x", start_ticks=my_ticks, **common))
-    assert not fresh.adopt(
-        InstanceHandle(instance_id="x", start_ticks=my_ticks, **{**common, "backend": "ray"})
-    )
+    assert not fresh.adopt(InstanceHandle(instance_id="x", start_ticks=my_ticks, **{**common, "backend": "ray"}))
 
 
 async def test_dead_instance_is_not_adopted(backend: TrackingBackend, tmp_path: Path) -> None:

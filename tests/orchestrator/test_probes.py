@@ -155,9 +155,7 @@ def exec_health(code: str, timeout: float = 5.0) -> Health:
     return Health(check_method="EXEC", command=(sys.executable, "-c", code), timeout_seconds=timeout)
 
 
-async def test_exec_exit_0_is_healthy_and_sees_port_and_host(
-    prober: Prober, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_exec_exit_0_is_healthy_and_sees_port_and_host(prober: Prober, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELPORT_DATABASE_URL", "postgresql://u:secret@db/x")
     code = (
         "import os, sys; e = os.environ; seen = (e['PORT'], e['HOST'], 'MODELPORT_DATABASE_URL' in e);"
@@ -167,9 +165,7 @@ async def test_exec_exit_0_is_healthy_and_sees_port_and_host(
 
 
 async def test_exec_nonzero_reports_code_and_output(prober: Prober) -> None:
-    result = await prober.probe(
-        "127.0.0.1", 1, exec_health("import sys; print('model not loaded'); sys.exit(2)")
-    )
+    result = await prober.probe("127.0.0.1", 1, exec_health("import sys; print('model not loaded'); sys.exit(2)"))
     assert result == ProbeResult(False, None, "exit 2: model not loaded")
 
 
@@ -188,9 +184,7 @@ def _processes_with_arg(arg: str) -> list[int]:
 
 async def test_exec_timeout_kills_the_command_and_what_it_spawned(prober: Prober) -> None:
     marker = f"31.{os.getpid()}"  # a sleep length no other process uses
-    health = Health(
-        check_method="EXEC", command=f"sh -c 'sleep {marker} & sleep {marker}'", timeout_seconds=0.3
-    )
+    health = Health(check_method="EXEC", command=f"sh -c 'sleep {marker} & sleep {marker}'", timeout_seconds=0.3)
     started = time.monotonic()
     result = await prober.probe("127.0.0.1", 1, health)
     assert time.monotonic() - started < 1.5

@@ -10,9 +10,7 @@ from tests.conftest import PlatformProc
 
 def _token(p: PlatformProc, user: str, password: str, project: dict | None = None) -> httpx.Response:
     body: dict = {
-        "auth": {
-            "identity": {"methods": ["password"], "password": {"user": {"name": user, "password": password}}}
-        }
+        "auth": {"identity": {"methods": ["password"], "password": {"user": {"name": user, "password": password}}}}
     }
     if project:
         body["auth"]["scope"] = {"project": project}
@@ -33,9 +31,7 @@ def test_token_issue_and_use(shared_platform: PlatformProc) -> None:
     assert resp.status_code == 201
     token = resp.headers["X-Subject-Token"]
     assert resp.json()["token"]["project"]["id"] == creds["project_id"]
-    ok = httpx.get(
-        f"{shared_platform.url}/v1/{creds['project_id']}/services", headers={"X-Auth-Token": token}
-    )
+    ok = httpx.get(f"{shared_platform.url}/v1/{creds['project_id']}/services", headers={"X-Auth-Token": token})
     assert ok.status_code == 200
     # the token never appears in the platform's own log
     assert token not in shared_platform.log.read_text()

@@ -39,9 +39,7 @@ def test_demo_deploys_predicts_and_prints_a_working_curl(tmp_path: Path) -> None
         assert curl.startswith("curl ") and "$(.venv/bin/modelport token)" in curl
         if not (ROOT / ".venv" / "bin" / "modelport").exists():
             curl = curl.replace(".venv/bin/modelport", f"{sys.executable} -m modelport.cli.main")
-        answer = subprocess.run(
-            ["bash", "-c", curl], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-        )
+        answer = subprocess.run(["bash", "-c", curl], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         body = json.loads(answer.stdout)
         assert body["predicted_label"] == "0", answer  # the curl sends the data set's first image, a 0
     finally:

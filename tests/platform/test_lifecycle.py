@@ -21,16 +21,12 @@ pytestmark = pytest.mark.slow
 def _broken_package(tmp_path: Path) -> Path:
     pkg = tmp_path / "echo-broken"
     shutil.copytree(EXAMPLES / "echo", pkg)
-    (pkg / "model" / "customize_service.py").write_text(
-        "raise ImportError('version 3 is broken on purpose')\n"
-    )
+    (pkg / "model" / "customize_service.py").write_text("raise ImportError('version 3 is broken on purpose')\n")
     return pkg
 
 
 def _cfg(model_id: str, count: int) -> list[dict]:
-    return [
-        {"model_id": model_id, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": count}
-    ]
+    return [{"model_id": model_id, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": count}]
 
 
 def _live(c, sid: str) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -76,9 +72,7 @@ def lifecycle(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_roll_scale_and_broken_version_under_load(lifecycle) -> None:  # type: ignore[no-untyped-def]
     p, c, ids = lifecycle
-    sid = c.create_service(
-        {"service_name": "rolling", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)}
-    )
+    sid = c.create_service({"service_name": "rolling", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)})
     assert c.wait_service(sid, timeout=60)["status"] == "running"
     p.instance_pids()
     load = Load(f"{p.url}/v1/infers/{sid}", c.token(), clients=4, max_requests=20_000, max_seconds=60).start()
@@ -103,9 +97,7 @@ def test_roll_scale_and_broken_version_under_load(lifecycle) -> None:  # type: i
 
         def rolled_back():  # type: ignore[no-untyped-def]
             svc = c.get_service(sid)
-            return (
-                svc if svc["config"][0]["model_id"] == ids["2.0.0"] and svc["status"] == "running" else None
-            )
+            return svc if svc["config"][0]["model_id"] == ids["2.0.0"] and svc["status"] == "running" else None
 
         svc = wait_until(rolled_back, 60, 0.2, "rollback of the broken version")
         assert "rolled back" in svc["error_msg"] and "broken on purpose" in svc["error_msg"]
@@ -133,9 +125,7 @@ def test_roll_scale_and_broken_version_under_load(lifecycle) -> None:  # type: i
 
 def test_kill9_under_load_fails_at_most_the_in_flight(lifecycle) -> None:  # type: ignore[no-untyped-def]
     p, c, ids = lifecycle
-    sid = c.create_service(
-        {"service_name": "crashy", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)}
-    )
+    sid = c.create_service({"service_name": "crashy", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)})
     assert c.wait_service(sid, timeout=60)["status"] == "running"
     victim = c.get_service(sid)["config"][0]["instances"][0]
     p.instance_pids()
@@ -157,9 +147,7 @@ def test_kill9_under_load_fails_at_most_the_in_flight(lifecycle) -> None:  # typ
 
 def test_platform_crash_and_restart_readopts_instances(lifecycle) -> None:  # type: ignore[no-untyped-def]
     p, c, ids = lifecycle
-    sid = c.create_service(
-        {"service_name": "survivor", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)}
-    )
+    sid = c.create_service({"service_name": "survivor", "infer_type": "real-time", "config": _cfg(ids["1.0.0"], 2)})
     assert c.wait_service(sid, timeout=60)["status"] == "running"
     before = sorted(i["pid"] for i in _live(c, sid))
     p.instance_pids()
@@ -178,9 +166,7 @@ def test_platform_crash_and_restart_readopts_instances(lifecycle) -> None:  # ty
     after = sorted(i["pid"] for cfg in svc["config"] for i in cfg["instances"] if i["status"] == "ready")
     assert after == before, "instances were replaced instead of re-adopted"
     # no duplicates: exactly two instances (one log shim each) of this service exist
-    ours = subprocess.run(
-        ["pgrep", "-f", "modelport.backends.logshim"], capture_output=True, text=True
-    ).stdout.split()
+    ours = subprocess.run(["pgrep", "-f", "modelport.backends.logshim"], capture_output=True, text=True).stdout.split()
     mine = [int(x) for x in ours if _env_has(int(x), sid, c2)]
     assert len(mine) == 2, mine
     # after the restart every request succeeds again

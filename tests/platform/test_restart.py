@@ -16,9 +16,7 @@ def test_restart_brings_services_back(platform: PlatformProc) -> None:
         {
             "service_name": "echo",
             "infer_type": "real-time",
-            "config": [
-                {"model_id": mid, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": 2}
-            ],
+            "config": [{"model_id": mid, "weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": 2}],
         }
     )
     assert c.wait_service(sid, timeout=60)["status"] == "running"
@@ -27,9 +25,7 @@ def test_restart_brings_services_back(platform: PlatformProc) -> None:
     c.close()
     assert platform.stop() in (0, 130)  # 130: exit status of a clean Ctrl-C
     # a clean stop leaves no instance behind
-    wait_until(
-        lambda: not any(pid_alive(pid) for pid in pids), 15, what="instances to exit with the platform"
-    )
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), 15, what="instances to exit with the platform")
     platform.start()
     c = platform.client()
     svc = c.wait_service(sid, timeout=60)

@@ -18,9 +18,7 @@ def _deploy(c, name: str, configs: list[tuple[str, int, int]], spec: str = "mode
     body = {
         "service_name": name,
         "infer_type": "real-time",
-        "config": [
-            {"model_id": m, "weight": w, "specification": spec, "instance_count": n} for m, w, n in configs
-        ],
+        "config": [{"model_id": m, "weight": w, "specification": spec, "instance_count": n} for m, w, n in configs],
     }
     return c.create_service(body)
 
@@ -68,9 +66,7 @@ def test_weighted_split_and_correct_answers(digits) -> None:  # type: ignore[no-
             correct += resp.json()["predicted_label"] == str(data.target[idx])
     assert abs(counts["1.0.0"] / 10 - 70) <= 3 and abs(counts["2.0.0"] / 10 - 30) <= 3, counts
     assert correct >= 950
-    svc = wait_until(
-        lambda: (s := c.get_service(sid))["invocation_times"] >= 1000 and s, 15, what="invocation count"
-    )
+    svc = wait_until(lambda: (s := c.get_service(sid))["invocation_times"] >= 1000 and s, 15, what="invocation count")
     assert svc["failed_times"] == 0
     metrics = httpx.get(f"{p.url}/metrics").text
     assert f'service_id="{sid}"' in metrics
@@ -159,9 +155,7 @@ def test_weight_only_update_keeps_instances(digits) -> None:  # type: ignore[no-
         return resp.headers.get("x-modelport-version") == "2.0.0"
 
     wait_until(all_v2, 10, what="route update")
-    versions = {
-        c.predict_raw(sid, json={"images": [[0] * 64]}).headers["x-modelport-version"] for _ in range(20)
-    }
+    versions = {c.predict_raw(sid, json={"images": [[0] * 64]}).headers["x-modelport-version"] for _ in range(20)}
     assert versions == {"2.0.0"}
     after = sorted(i["pid"] for cfg in c.get_service(sid)["config"] for i in cfg["instances"])
     assert after == pids

@@ -146,6 +146,12 @@ SERVICE_CASES = [
     ("batch without src_path", lambda ok: {**_svc(ok), "infer_type": "batch"}, 400, "ModelArts.3610"),
     ("bad env name", lambda ok: _svc(ok, envs={"1BAD": "x"}), 400, "ModelArts.0101"),
     ("no config", lambda ok: {**_svc(ok), "config": []}, 400, "ModelArts.0101"),
+    (
+        "bad stream idle timeout",
+        lambda ok: {**_svc(ok), "additional_properties": {"stream_idle_timeout_s": 0}},
+        400,
+        "ModelArts.0101",
+    ),
 ]
 
 
@@ -186,18 +192,14 @@ def test_duplicate_service_name_and_bad_update(api) -> None:  # type: ignore[no-
             400,
             "MP.3001",
         )
-        _assert_error(
-            _call(p, c, "PUT", f"/services/{sid}", json={"status": "paused"}), 400, "ModelArts.0101"
-        )
+        _assert_error(_call(p, c, "PUT", f"/services/{sid}", json={"status": "paused"}), 400, "ModelArts.0101")
         # model in use cannot be deleted
         _assert_error(_call(p, c, "DELETE", f"/models/{ok}"), 400, "ModelArts.3009")
         svc = c.get_service(sid)
         assert svc["config"][0]["weight"] == 100
     finally:
         c.delete_service(sid)
-        wait_until(
-            lambda: all(s["service_id"] != sid for s in c.list_services()["services"]), 60, what="delete"
-        )
+        wait_until(lambda: all(s["service_id"] != sid for s in c.list_services()["services"]), 60, what="delete")
 
 
 def test_list_filters_pages_and_sorts(api) -> None:  # type: ignore[no-untyped-def]
@@ -206,9 +208,7 @@ def test_list_filters_pages_and_sorts(api) -> None:  # type: ignore[no-untyped-d
     assert data["count"] == 1 and data["total_count"] >= 2
     names = [m["model_name"] for m in c.list_models(sort_by="create_at", order="asc")["models"]]
     assert names[0] == "val-echo"
-    assert [m["model_name"] for m in c.list_models(model_name="val-echo", exact_match=True)["models"]] == [
-        "val-echo"
-    ]
+    assert [m["model_name"] for m in c.list_models(model_name="val-echo", exact_match=True)["models"]] == ["val-echo"]
     _assert_error(_call(p, c, "GET", "/models", params={"sort_by": "colour"}), 400, "ModelArts.0101")
     _assert_error(_call(p, c, "GET", "/services", params={"limit": 0}), 400, "ModelArts.0101")
 

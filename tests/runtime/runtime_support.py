@@ -70,9 +70,7 @@ class Instance:
                 if response.status_code == 200:
                     return seen
             time.sleep(0.02)
-        pytest.fail(
-            f"instance not healthy after {timeout} s (saw {[r.status_code for r in seen]}):\n{self.log()}"
-        )
+        pytest.fail(f"instance not healthy after {timeout} s (saw {[r.status_code for r in seen]}):\n{self.log()}")
 
     def wait_exit(self, timeout: float = 10) -> int:
         try:

@@ -141,9 +141,7 @@ def test_several_service_classes_is_an_error() -> None:
         pick_service_class(_module(A=a, B=b))
 
 
-def test_load_service_imports_helpers_next_to_the_handler(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_service_imports_helpers_next_to_the_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "customize_service", raising=False)
     monkeypatch.delitem(sys.modules, "rt_helper_mod", raising=False)

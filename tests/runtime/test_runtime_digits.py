@@ -63,9 +63,7 @@ def test_json_batch_is_classified(
 
 
 @pytest.mark.parametrize("shape", ["flat", "8x8", "data-key"])
-def test_single_image_forms(
-    servers: dict[str, Instance], digits: tuple[np.ndarray, np.ndarray], shape: str
-) -> None:
+def test_single_image_forms(servers: dict[str, Instance], digits: tuple[np.ndarray, np.ndarray], shape: str) -> None:
     x, y = digits
     image = x[3]
     body = {

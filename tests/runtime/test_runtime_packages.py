@@ -64,9 +64,7 @@ def test_command_defaults_follow_the_spec_console(tmp_path: Path) -> None:
     package = load_package(write_package(tmp_path, {**IMAGE, "cmd": ["./run", "--x"]}))
     assert package.command == ("./run", "--x")
     assert package.port == 8080
-    assert package.health == HealthConfig(
-        initial_delay_seconds=12.0, period_seconds=5.0, failure_threshold=12
-    )
+    assert package.health == HealthConfig(initial_delay_seconds=12.0, period_seconds=5.0, failure_threshold=12)
 
 
 def test_llm_is_classified(tmp_path: Path) -> None:

@@ -61,18 +61,14 @@ CONFIG = {"model_type": "Custom", "model_name": "tm", "apis": [{"url": "/"}, {"u
 
 
 def test_package(root: Path) -> Path:
-    return write_package(
-        root, CONFIG, {"customize_service.py": HANDLER, "rt_server_helper.py": "SUFFIX = 'ok'\n"}
-    )
+    return write_package(root, CONFIG, {"customize_service.py": HANDLER, "rt_server_helper.py": "SUFFIX = 'ok'\n"})
 
 
 test_package.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
-def served(
-    launch_shared: Launcher, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Instance, dict[str, object]]:
+def served(launch_shared: Launcher, tmp_path_factory: pytest.TempPathFactory) -> tuple[Instance, dict[str, object]]:
     """One instance for the module, plus what was observed while it loaded."""
     root = tmp_path_factory.mktemp("pkg")
     gate = root / "loaded"
@@ -90,9 +86,7 @@ def served(
     return instance, early
 
 
-def _in_flight(
-    instance: Instance, seconds: float, marker: Path
-) -> tuple[threading.Thread, dict[str, object]]:
+def _in_flight(instance: Instance, seconds: float, marker: Path) -> tuple[threading.Thread, dict[str, object]]:
     """Start a request that sleeps `seconds` in the handler; returns once the handler runs."""
     result: dict[str, object] = {}
 
@@ -237,9 +231,7 @@ def test_result_encoding(served: tuple[Instance, dict[str, object]]) -> None:
     assert json_text.json() == {"k": 1}
 
 
-def test_health_answers_during_a_slow_inference(
-    served: tuple[Instance, dict[str, object]], tmp_path: Path
-) -> None:
+def test_health_answers_during_a_slow_inference(served: tuple[Instance, dict[str, object]], tmp_path: Path) -> None:
     instance, _ = served
     slow, result = _in_flight(instance, 1.0, tmp_path / "started")
     try:
@@ -295,12 +287,8 @@ IMPORT_ERROR = "raise ImportError('libmagic.so.1: cannot open shared object file
     ],
     ids=["import-error", "no-class", "init-raises"],
 )
-def test_failed_load_reports_then_exits_nonzero(
-    launch: Launcher, tmp_path: Path, handler: str, expected: str
-) -> None:
-    instance = launch(
-        write_package(tmp_path / "bad", {"model_type": "Custom"}, {"customize_service.py": handler})
-    )
+def test_failed_load_reports_then_exits_nonzero(launch: Launcher, tmp_path: Path, handler: str, expected: str) -> None:
+    instance = launch(write_package(tmp_path / "bad", {"model_type": "Custom"}, {"customize_service.py": handler}))
     failed = None
     deadline = time.monotonic() + 10
     while failed is None and instance.proc.poll() is None and time.monotonic() < deadline:

@@ -23,9 +23,7 @@ def _pg_reachable() -> bool:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     if not _pg_reachable():
-        pytest.skip(
-            "PostgreSQL is not reachable on 127.0.0.1:5432 (scripts/ensure-services.sh could not start it)"
-        )
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (scripts/ensure-services.sh could not start it)")
     import psycopg
 
     name = f"mp_test_{uuid.uuid4().hex[:12]}"

@@ -45,9 +45,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    server = ThreadingHTTPServer(
-        (os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8080"))), Handler
-    )
+    server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8080"))), Handler)
     # Non-daemon request threads are joined by server_close(): in-flight requests finish.
     server.daemon_threads = False
     # shutdown() blocks until serve_forever returns, so it cannot run in the signal handler itself.

@@ -408,4 +408,3 @@ class LocalBackend(Backend):
             yield from _all_lines(paths)
         else:
             yield from _tail_lines(paths, tail)
-

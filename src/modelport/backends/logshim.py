@@ -50,12 +50,7 @@ def timestamp(ns: int | None = None) -> str:
 def parse_line(raw: str) -> LogLine:
     """A line of the log file; lines not in CRI format (written by older versions) keep an empty time."""
     parts = raw.split(" ", 3)
-    if (
-        len(parts) == 4
-        and parts[1] in ("stdout", "stderr")
-        and parts[2] in ("F", "P")
-        and parts[0].endswith("Z")
-    ):
+    if len(parts) == 4 and parts[1] in ("stdout", "stderr") and parts[2] in ("F", "P") and parts[0].endswith("Z"):
         return LogLine(parts[0], parts[1], parts[3])
     return LogLine("", "stdout", raw)
 

@@ -36,13 +36,9 @@ def _port_free(host: str, port: int) -> bool:
 
 @app.command()
 def up(
-    host: str = typer.Option(
-        None, "--host", help="Address to listen on [default: 127.0.0.1, env MODELPORT_HOST]."
-    ),
+    host: str = typer.Option(None, "--host", help="Address to listen on [default: 127.0.0.1, env MODELPORT_HOST]."),
     port: int = typer.Option(None, "--port", "-p", help="Port [default: 8000, env MODELPORT_PORT]."),
-    demo: bool = typer.Option(
-        False, "--demo", help="Import the digits example, deploy it 80/20 and show predictions."
-    ),
+    demo: bool = typer.Option(False, "--demo", help="Import the digits example, deploy it 80/20 and show predictions."),
 ) -> None:
     """Run the platform: management API, gateway and orchestrator on one base URL."""
     import logging
@@ -83,9 +79,7 @@ def up(
     )
     server = uvicorn.Server(config)
     console.print(f"[bold green]modelport[/] serving on [bold]{api_url}[/]  (API docs {api_url}/docs)")
-    console.print(
-        f"Credentials: {settings.credentials_file}  (user {creds.username}, project {creds.project_id})"
-    )
+    console.print(f"Credentials: {settings.credentials_file}  (user {creds.username}, project {creds.project_id})")
     console.print(f"Data: {settings.home}   Stop with Ctrl-C.")
     if demo:
         from modelport.cli.demo import start_demo_thread

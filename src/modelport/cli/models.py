@@ -17,9 +17,7 @@ def import_model(
     source: Path = typer.Argument(..., help="Directory holding model/ (config.json + customize_service.py)."),
     name: str = typer.Option(..., "--name", "-n", help="Model name."),
     version: str = typer.Option("0.0.1", "--version", "-v", help="Model version, N.N.N."),
-    model_type: str | None = typer.Option(
-        None, "--type", "-t", help="model_type; default: read from config.json."
-    ),
+    model_type: str | None = typer.Option(None, "--type", "-t", help="model_type; default: read from config.json."),
     description: str | None = typer.Option(None, "--description"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until published or failed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),

@@ -32,9 +32,7 @@ def _resolve_model(c: Client, ref: str) -> str:
     return found[0]["model_id"]
 
 
-def _parse_models(
-    c: Client, refs: list[str], instances: int, spec: str, envs: dict[str, str]
-) -> list[dict[str, Any]]:
+def _parse_models(c: Client, refs: list[str], instances: int, spec: str, envs: dict[str, str]) -> list[dict[str, Any]]:
     """`-m REF[@WEIGHT]` options into ServiceConfig entries; weights default to an even split."""
     parsed = []
     for ref in refs:
@@ -154,9 +152,7 @@ def deploy(
         [], "--model", "-m", help="MODEL_ID or NAME:VERSION, optionally @WEIGHT; repeat for several versions."
     ),
     instances: int = typer.Option(1, "--instances", "-i", help="Instances per model version."),
-    spec: str = typer.Option(
-        "modelarts.vm.cpu.2u", "--spec", help="Flavor; see `GET …/services/specifications`."
-    ),
+    spec: str = typer.Option("modelarts.vm.cpu.2u", "--spec", help="Flavor; see `GET …/services/specifications`."),
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE environment for the instances."),
     file: Path | None = typer.Option(
         None, "--file", "-f", help="A whole CreateService JSON body instead of the flags."
@@ -247,8 +243,7 @@ def show(
             console.print(bp["message"])
     else:
         console.print(
-            f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; "
-            f"due {when(svc.get('due_time')) or 'never'}"
+            f"Calls {svc['invocation_times']}, failed {svc['failed_times']}; due {when(svc.get('due_time')) or 'never'}"
         )
     rows = []
     for cfg in svc["config"]:
@@ -273,9 +268,7 @@ def update(
     model: list[str] = typer.Option(
         [], "--model", "-m", help="Replace the versions: MODEL_ID or NAME:VERSION[@WEIGHT]."
     ),
-    instances: int | None = typer.Option(
-        None, "--instances", "-i", help="New instance count for every version."
-    ),
+    instances: int | None = typer.Option(None, "--instances", "-i", help="New instance count for every version."),
     weights: str | None = typer.Option(None, "--weights", help="New weights in config order, e.g. 70,30."),
     description: str | None = typer.Option(None, "--description"),
     file: Path | None = typer.Option(None, "--file", "-f", help="A whole UpdateService JSON body."),
@@ -315,11 +308,7 @@ def update(
             if description is not None:
                 body["description"] = description
         c.update_service(svc["service_id"], body)
-        out = (
-            wait_with_progress(c, svc["service_id"])
-            if wait and not as_json
-            else c.get_service(svc["service_id"])
-        )
+        out = wait_with_progress(c, svc["service_id"]) if wait and not as_json else c.get_service(svc["service_id"])
     if as_json:
         print_json(out)
     else:
@@ -549,8 +538,7 @@ def logs(
                         when(u["update_time"]),
                         u["result"],
                         ", ".join(
-                            f"{x['model_name']} {x['model_version']} "
-                            f"w{x.get('weight')} x{x['instance_count']}"
+                            f"{x['model_name']} {x['model_version']} w{x.get('weight')} x{x['instance_count']}"
                             for x in u["config"]
                         ),
                         u.get("detail") or "",

@@ -58,8 +58,7 @@ def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
         title="modelport management API",
         version=__version__,
-        description="ModelArts-compatible inference management API. "
-        "Predictions go to /v1/infers/{service_id}.",
+        description="ModelArts-compatible inference management API. Predictions go to /v1/infers/{service_id}.",
     )
     app.state.platform = platform
 
@@ -77,9 +76,7 @@ def create_app(platform: Platform) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 405:
-            return _error(
-                request, PlatformError(E.METHOD_NOT_ALLOWED, method=request.method, path=request.url.path)
-            )
+            return _error(request, PlatformError(E.METHOD_NOT_ALLOWED, method=request.method, path=request.url.path))
         if exc.status_code == 400:  # FastAPI: a body it could not parse (e.g. JSON nested too deep)
             return _error(request, PlatformError(E.BAD_JSON, detail="the body could not be parsed"))
         return _error(request, PlatformError(E.NOT_FOUND, method=request.method, path=request.url.path))

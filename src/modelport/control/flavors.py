@@ -34,9 +34,7 @@ FLAVORS: dict[str, Flavor] = {
 
 def node_capacity(settings: Settings) -> tuple[float, int]:
     """CPU and memory (MB) the node offers. Local processes share cores, so CPU is oversubscribed 8x."""
-    cpu = (
-        settings.cpu_capacity if settings.cpu_capacity is not None else max(16.0, (os.cpu_count() or 1) * 8.0)
-    )
+    cpu = settings.cpu_capacity if settings.cpu_capacity is not None else max(16.0, (os.cpu_count() or 1) * 8.0)
     if settings.memory_capacity_mb is not None:
         mem = settings.memory_capacity_mb
     else:
@@ -47,9 +45,7 @@ def node_capacity(settings: Settings) -> tuple[float, int]:
 def resources(specification: str, custom_spec: dict | None) -> tuple[float, int]:
     if specification == "custom":
         if not custom_spec:
-            raise PlatformError(
-                E.INVALID_ARGUMENT, detail="specification 'custom' needs custom_spec {cpu, memory}"
-            )
+            raise PlatformError(E.INVALID_ARGUMENT, detail="specification 'custom' needs custom_spec {cpu, memory}")
         return float(custom_spec["cpu"]), int(custom_spec["memory"])
     flavor = FLAVORS.get(specification)
     if flavor is None:

@@ -46,9 +46,7 @@ def _since(value: str | None) -> str | None:
             dt = dt.replace(tzinfo=UTC)
         return timestamp(int(dt.timestamp() * 1_000_000_000))
     except ValueError as exc:
-        raise PlatformError(
-            E.INVALID_ARGUMENT, detail=f"since={value!r}: use epoch milliseconds or ISO-8601"
-        ) from exc
+        raise PlatformError(E.INVALID_ARGUMENT, detail=f"since={value!r}: use epoch milliseconds or ISO-8601") from exc
 
 
 def _entry(instance_id: str, raw: str) -> dict[str, str]:
@@ -57,12 +55,8 @@ def _entry(instance_id: str, raw: str) -> dict[str, str]:
 
 
 def _instances(s: Any, service_id: str, wanted: list[str] | None) -> list[tuple[str, str]]:
-    rows = s.scalars(
-        select(Instance).where(Instance.service_id == service_id).order_by(Instance.created_at)
-    ).all()
-    out = [
-        (i.id, i.log_path or (i.handle or {}).get("log_path")) for i in rows if (not wanted or i.id in wanted)
-    ]
+    rows = s.scalars(select(Instance).where(Instance.service_id == service_id).order_by(Instance.created_at)).all()
+    out = [(i.id, i.log_path or (i.handle or {}).get("log_path")) for i in rows if (not wanted or i.id in wanted)]
     return [(iid, path) for iid, path in out if path]
 
 
@@ -77,11 +71,7 @@ def _read(backend: Any, instance_id: str, path: str, tail: int, since: str | Non
 
 
 def _update_logs(s: Any, service_id: str, update_time: int | None) -> list[dict[str, Any]]:
-    q = (
-        select(ServiceUpdate)
-        .where(ServiceUpdate.service_id == service_id)
-        .order_by(ServiceUpdate.update_time.desc())
-    )
+    q = select(ServiceUpdate).where(ServiceUpdate.service_id == service_id).order_by(ServiceUpdate.update_time.desc())
     if update_time is not None:
         q = q.where(ServiceUpdate.update_time == update_time)
     rows = s.scalars(q).all()

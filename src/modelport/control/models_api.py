@@ -131,9 +131,7 @@ def model_body(m: Model) -> dict[str, Any]:
         "config": json.dumps(cfg) if cfg else None,
         "install_type": m.request.get("install_type") or ["real-time", "batch"],
         "dependencies": cfg.get("dependencies", []),
-        "model_metrics": json.dumps(cfg.get("metrics"))
-        if cfg.get("metrics")
-        else m.request.get("model_metrics"),
+        "model_metrics": json.dumps(cfg.get("metrics")) if cfg.get("metrics") else m.request.get("model_metrics"),
     }
 
 
@@ -148,9 +146,7 @@ def create_model(
     """Import a model package from a local directory or `file://` URL; it publishes in the background."""
     p = platform(request)
     if body.model_type == "Template":
-        raise PlatformError(
-            E.MODEL_CONFIG_UNSUPPORTED, detail="model_type Template is not supported; import a package"
-        )
+        raise PlatformError(E.MODEL_CONFIG_UNSUPPORTED, detail="model_type Template is not supported; import a package")
     if not body.source_location:
         raise PlatformError(E.MODEL_PARAM_INVALID, param="source_location", detail="is required")
     src = source_dir(body.source_location)
@@ -203,14 +199,10 @@ def list_models(
     _who: Principal = Depends(allow("modelarts:model:list")),
 ) -> dict[str, Any]:
     if model_type and not_model_type:
-        raise PlatformError(
-            E.INVALID_ARGUMENT, detail="model_type and not_model_type cannot be used together"
-        )
+        raise PlatformError(E.INVALID_ARGUMENT, detail="model_type and not_model_type cannot be used together")
     q = select(Model).where(Model.project_id == project_id)
     if model_name:
-        q = q.where(
-            Model.name == model_name if exact_match else Model.name.contains(model_name, autoescape=True)
-        )
+        q = q.where(Model.name == model_name if exact_match else Model.name.contains(model_name, autoescape=True))
     if model_version:
         q = q.where(Model.version == model_version)
     if model_status:
@@ -221,9 +213,7 @@ def list_models(
         q = q.where(Model.model_type == model_type)
     if not_model_type:
         q = q.where(Model.model_type != not_model_type)
-    column = {"create_at": Model.created_at, "model_version": Model.version, "model_size": Model.size}[
-        sort_by
-    ]
+    column = {"create_at": Model.created_at, "model_version": Model.version, "model_size": Model.size}[sort_by]
     q = q.order_by(column.asc() if order == "asc" else column.desc(), Model.id)
     with platform(request).store.session() as s:
         total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
@@ -250,9 +240,7 @@ def show_model(
 
 
 def _users_of(s: Any, project_id: str, model_id: str) -> list[str]:
-    services = s.scalars(
-        select(Service).where(Service.project_id == project_id, Service.desired != "deleted")
-    ).all()
+    services = s.scalars(select(Service).where(Service.project_id == project_id, Service.desired != "deleted")).all()
     return [svc.name for svc in services if any(c["model_id"] == model_id for c in svc.config)]
 
 
@@ -279,9 +267,7 @@ def delete_model(
         if not cascade:
             _delete_one(s, p.settings.models_dir, project_id, model)
             return {"model_id": model_id}
-        siblings = s.scalars(
-            select(Model).where(Model.project_id == project_id, Model.name == model.name)
-        ).all()
+        siblings = s.scalars(select(Model).where(Model.project_id == project_id, Model.name == model.name)).all()
         ok, failed = [], []
         for m in siblings[:20]:
             try:

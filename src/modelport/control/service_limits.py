@@ -6,6 +6,7 @@
 | `qps_limit` | requests per second through the gateway, 1-100000 | `MODELPORT_QPS_LIMIT` (100) |
 | `max_body_bytes` | largest request body, 1 B-1 GiB | `MODELPORT_MAX_BODY_BYTES` (12 MiB) |
 | `request_timeout_s` | end-to-end time limit in seconds, 0.1-3600 | `MODELPORT_REQUEST_TIMEOUT_S` (40) |
+| `stream_idle_timeout_s` | longest silence between events of a stream (SSE), 0.1-86400 | `request_timeout_s` |
 
 `null` for a field removes the override. ShowService shows them under `additional_properties`.
 """
@@ -21,6 +22,7 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "qps_limit": (int, 1, 100_000),
     "max_body_bytes": (int, 1, 1 << 30),
     "request_timeout_s": (float, 0.1, 3600),
+    "stream_idle_timeout_s": (float, 0.1, 86400),
 }
 
 
@@ -64,4 +66,5 @@ def route_fields(props: dict[str, Any]) -> dict[str, Any]:
         "qps_limit": props.get("qps_limit"),
         "max_body_bytes": props.get("max_body_bytes"),
         "timeout_s": props.get("request_timeout_s"),
+        "stream_idle_timeout_s": props.get("stream_idle_timeout_s"),
     }

@@ -8,9 +8,7 @@ from modelport.store.tables import Event
 from modelport.timeutil import now_ms
 
 
-def add_event(
-    session: Session, service_id: str, project_id: str, info: str, *, abnormal: bool = False
-) -> None:
+def add_event(session: Session, service_id: str, project_id: str, info: str, *, abnormal: bool = False) -> None:
     session.add(
         Event(
             service_id=service_id,
