@@ -13,6 +13,7 @@ demo: $(VENV)/.installed-examples
 
 test: $(VENV)/.installed-dev
 	@bash scripts/ensure-services.sh
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed-dev
