@@ -29,7 +29,7 @@ from modelport.backends.local import LocalBackend
 from modelport.batch.runner import BatchRunner
 from modelport.control.app import create_app
 from modelport.control.internal_api import SnapshotFeed
-from modelport.gateway.app import Gateway
+from modelport.gateway.app import gateway_from_settings
 from modelport.gateway.ratelimit import make_limiter
 from modelport.gateway.remote import routes_to_json
 from modelport.orchestrator.reconciler import Gateway as GatewayPort
@@ -118,16 +118,7 @@ class Platform:
         self.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_max_s)
         self.feed = SnapshotFeed()
         self.limiter = make_limiter(settings.redis_url, settings.redis_prefix)
-        self.gateway = Gateway(
-            self.tokens,
-            max_body_bytes=settings.max_body_bytes,
-            timeout_s=settings.request_timeout_s,
-            limiter=self.limiter,
-            qps_limit=settings.qps_limit,
-            qps_burst_fraction=settings.qps_burst_fraction,
-            ws_message_rate=settings.ws_message_rate or None,
-            ws_message_burst=settings.ws_message_burst or None,
-        )
+        self.gateway = gateway_from_settings(self.tokens, settings, self.limiter)
         self.auth = AuthState(self.tokens, self.box, self.store)
         self.auth.subscribe(self.gateway.set_auth)
         self.auth.subscribe(lambda _snap, records: self.feed.publish(auth=records.to_json()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,10 @@ def _envs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def wait_with_progress(c: Client, service_id: str, timeout: float = 600) -> dict[str, Any]:
-    """Poll a service and show its progress and instances until it settles."""
+def _wait_showing(
+    c: Client, service_id: str, until: tuple[str, ...], timeout: float, detail: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
+    """Poll a service with a progress bar (percent, status, `detail`) until its status is in `until`."""
     with Progress(
         TextColumn("[bold]{task.fields[name]}[/]"),
         BarColumn(),
@@ -70,23 +73,31 @@ def wait_with_progress(c: Client, service_id: str, timeout: float = 600) -> dict
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("deploy", total=100, name="", status="", detail="")
+        task = progress.add_task("wait", total=100, name="", status="", detail="")
 
         def show(svc: dict[str, Any]) -> None:
-            insts = [i for cfg in svc.get("config", []) for i in cfg.get("instances", [])]
-            counts: dict[str, int] = {}
-            for i in insts:
-                counts[i["status"]] = counts.get(i["status"], 0) + 1
-            detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             progress.update(
                 task,
                 completed=svc.get("progress") or 0,
                 name=svc["service_name"],
                 status=styled(svc["status"]),
-                detail=detail,
+                detail=detail(svc),
             )
 
-        return c.wait_service(service_id, DONE, timeout, on_poll=show)
+        return c.wait_service(service_id, until, timeout, on_poll=show)
+
+
+def _instance_counts(svc: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for cfg in svc.get("config", []):
+        for inst in cfg.get("instances", []):
+            counts[inst["status"]] = counts.get(inst["status"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def wait_with_progress(c: Client, service_id: str, timeout: float = 600) -> dict[str, Any]:
+    """Poll a service and show its progress and instances until it settles."""
+    return _wait_showing(c, service_id, DONE, timeout, _instance_counts)
 
 
 BATCH_DONE = ("finished", "failed", "stopped")
@@ -113,28 +124,7 @@ def batch_detail(svc: dict[str, Any]) -> str:
 
 def wait_batch(c: Client, service_id: str, timeout: float = 86400) -> dict[str, Any]:
     """Poll a batch service with a progress bar until its job is finished, failed or stopped."""
-    with Progress(
-        TextColumn("[bold]{task.fields[name]}[/]"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[status]}"),
-        TextColumn("[dim]{task.fields[detail]}[/]"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("batch", total=100, name="", status="", detail="")
-
-        def show(svc: dict[str, Any]) -> None:
-            progress.update(
-                task,
-                completed=svc.get("progress") or 0,
-                name=svc["service_name"],
-                status=styled(svc["status"]),
-                detail=batch_detail(svc),
-            )
-
-        return c.wait_service(service_id, BATCH_DONE, timeout, on_poll=show)
+    return _wait_showing(c, service_id, BATCH_DONE, timeout, batch_detail)
 
 
 def _report(svc: dict[str, Any]) -> None:

@@ -763,3 +763,17 @@ def _drop_connection_listed(fwd: list[bytes], value: bytes) -> None:
             del fwd[i : i + 4]
         else:
             i += 4
+
+
+def gateway_from_settings(tokens: TokenService, settings: Any, limiter: Limiter | None) -> Gateway:
+    """The gateway as `modelport up` and `modelport gateway` configure it (`settings`: `Settings`)."""
+    return Gateway(
+        tokens,
+        max_body_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_timeout_s,
+        limiter=limiter,
+        qps_limit=settings.qps_limit,
+        qps_burst_fraction=settings.qps_burst_fraction,
+        ws_message_rate=settings.ws_message_rate or None,
+        ws_message_burst=settings.ws_message_burst or None,
+    )

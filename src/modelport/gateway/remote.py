@@ -26,7 +26,7 @@ from modelport.auth.snapshot import AuthRecords
 from modelport.auth.state import AuthState
 from modelport.auth.tokens import TokenService
 from modelport.control.internal_api import HEADER
-from modelport.gateway.app import Gateway
+from modelport.gateway.app import gateway_from_settings
 from modelport.gateway.ratelimit import make_limiter
 from modelport.gateway.routes import Endpoint, RouteTable, ServiceRoute, VersionRoute
 from modelport.settings import Settings
@@ -62,16 +62,7 @@ class RemoteGateway:
         self.tokens = TokenService(key, settings.token_ttl_s)
         self.auth = AuthState(self.tokens, SecretBox(key))
         self.limiter = make_limiter(settings.redis_url, settings.redis_prefix)
-        self.gateway = Gateway(
-            self.tokens,
-            max_body_bytes=settings.max_body_bytes,
-            timeout_s=settings.request_timeout_s,
-            limiter=self.limiter,
-            qps_limit=settings.qps_limit,
-            qps_burst_fraction=settings.qps_burst_fraction,
-            ws_message_rate=settings.ws_message_rate or None,
-            ws_message_burst=settings.ws_message_burst or None,
-        )
+        self.gateway = gateway_from_settings(self.tokens, settings, self.limiter)
         self.auth.subscribe(self.gateway.set_auth)
         self.revision = ""
         self._task: asyncio.Task[None] | None = None
