@@ -52,7 +52,13 @@ async def run(clients: int, phase_s: float) -> None:
             c.wait_model(mid)
         cfg = {"weight": 100, "specification": "modelarts.vm.cpu.1u", "instance_count": 4}
         sid = c.create_service(
-            {"service_name": "roll", "infer_type": "real-time", "config": [{"model_id": ids["1.0.0"], **cfg}]}
+            {
+                "service_name": "roll",
+                "infer_type": "real-time",
+                "config": [{"model_id": ids["1.0.0"], **cfg}],
+                # The benchmark measures the roll, not the default QPS limit (100/s).
+                "additional_properties": {"qps_limit": 100_000},
+            }
         )
         assert c.wait_service(sid, timeout=120)["status"] == "running"
         url = f"{p.url}/v1/infers/{sid}"
