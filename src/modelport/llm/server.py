@@ -298,25 +298,30 @@ class _Call:
 
     # -- /v1/completions ------------------------------------------------------------------------
 
-    async def complete_completion(self) -> dict[str, Any]:
+    async def _collect(self) -> list[tuple[str, list[Any], Any]]:
+        """Every choice's whole text, logprobs and final output, once all requests have finished."""
         k = len(self.requests)
         texts, lps = [""] * k, [[] for _ in range(k)]  # type: list[str], list[list[Any]]
         async for i, out in self._outputs():
             texts[i] += out.new_text
             lps[i] += out.new_logprobs or []
-        choices = []
-        for i in range(k):
-            final = self.finals[i]
-            want = self.requests[i].params.logprobs is not None
-            choices.append(
-                {
-                    "index": i,
-                    "text": texts[i],
-                    "logprobs": self.logprobs.completion(lps[i], 0) if want else None,
-                    "finish_reason": p.finish_reason(final),
-                    "stop_reason": final.stop_reason,
-                }
+        return [(texts[i], lps[i], self.finals[i]) for i in range(k)]
+
+    def _choice(self, i: int, final: Any, body: dict[str, Any]) -> dict[str, Any]:
+        return {"index": i, **body, "finish_reason": p.finish_reason(final), "stop_reason": final.stop_reason}
+
+    def _wants_logprobs(self, i: int) -> bool:
+        return self.requests[i].params.logprobs is not None
+
+    async def complete_completion(self) -> dict[str, Any]:
+        choices = [
+            self._choice(
+                i,
+                final,
+                {"text": text, "logprobs": self.logprobs.completion(lps, 0) if self._wants_logprobs(i) else None},
             )
+            for i, (text, lps, final) in enumerate(await self._collect())
+        ]
         return {**self._head("text_completion"), "choices": choices, "usage": self.usage()}
 
     async def stream_completion(self, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
@@ -346,24 +351,17 @@ class _Call:
     # -- /v1/chat/completions -------------------------------------------------------------------
 
     async def complete_chat(self) -> dict[str, Any]:
-        k = len(self.requests)
-        texts, lps = [""] * k, [[] for _ in range(k)]  # type: list[str], list[list[Any]]
-        async for i, out in self._outputs():
-            texts[i] += out.new_text
-            lps[i] += out.new_logprobs or []
-        choices = []
-        for i in range(k):
-            final = self.finals[i]
-            want = self.requests[i].params.logprobs is not None
-            choices.append(
+        choices = [
+            self._choice(
+                i,
+                final,
                 {
-                    "index": i,
-                    "message": {"role": "assistant", "content": texts[i]},
-                    "logprobs": self.logprobs.chat(lps[i]) if want else None,
-                    "finish_reason": p.finish_reason(final),
-                    "stop_reason": final.stop_reason,
-                }
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": self.logprobs.chat(lps) if self._wants_logprobs(i) else None,
+                },
             )
+            for i, (text, lps, final) in enumerate(await self._collect())
+        ]
         return {**self._head("chat.completion"), "choices": choices, "usage": self.usage()}
 
     async def stream_chat(self, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
