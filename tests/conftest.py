@@ -137,6 +137,18 @@ class PlatformProc:
         return pids
 
 
+# Every platform a test made, so the session can stop any that a failing setup left running.
+_MADE: list[PlatformProc] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_platform_left_behind() -> Iterator[None]:
+    yield
+    for p in _MADE:
+        if p.proc is not None:
+            p.stop()
+
+
 def make_platform(tmp_path: Path, **env: str) -> PlatformProc:
     home = tmp_path / "mphome"
     home.mkdir(parents=True, exist_ok=True)
@@ -150,7 +162,9 @@ def make_platform(tmp_path: Path, **env: str) -> PlatformProc:
         **env,
     }
     full_env.pop("MODELPORT_DATABASE_URL", None) if "MODELPORT_DATABASE_URL" not in env else None
-    return PlatformProc(home=home, port=free_port(), env=full_env)
+    made = PlatformProc(home=home, port=free_port(), env=full_env)
+    _MADE.append(made)
+    return made
 
 
 def _reap(p: PlatformProc) -> None:

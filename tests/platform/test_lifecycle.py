@@ -56,17 +56,17 @@ def _settled(c, sid: str, model_id: str, count: int):  # type: ignore[no-untyped
 def lifecycle(tmp_path: Path):  # type: ignore[no-untyped-def]
     p = make_platform(tmp_path, MODELPORT_RECONCILE_INTERVAL_S="0.2")
     p.start()
-    c = p.client()
-    ids = {}
-    for version in ("1.0.0", "2.0.0"):
-        ids[version] = c.import_model("echo", version, "Custom", EXAMPLES / "echo")
-    ids["3.0.0"] = c.import_model("echo", "3.0.0", "Custom", _broken_package(tmp_path))
-    for mid in ids.values():
-        assert c.wait_model(mid)["model_status"] == "published"
-    try:
+    try:  # from here on: a failing setup must not leave the platform running
+        c = p.client()
+        ids = {}
+        for version in ("1.0.0", "2.0.0"):
+            ids[version] = c.import_model("echo", version, "Custom", EXAMPLES / "echo")
+        ids["3.0.0"] = c.import_model("echo", "3.0.0", "Custom", _broken_package(tmp_path))
+        for mid in ids.values():
+            assert c.wait_model(mid)["model_status"] == "published"
         yield p, c, ids
-    finally:
         c.close()
+    finally:
         p.stop()
 
 
