@@ -10,9 +10,7 @@ a platform restart the jobs simply carry on from their checkpoint.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +22,7 @@ from modelport.batch.settings import BatchSettings
 from modelport.batch.spec import job_spec
 from modelport.errors import PlatformError
 from modelport.gateway.upstream import Pool
+from modelport.loopthread import LoopThread
 from modelport.settings import Settings
 from modelport.store.db import Store
 from modelport.store.tables import Instance, Model, Service
@@ -38,72 +37,42 @@ class _Wanted:
     endpoints: dict[str, Endpoint]
 
 
-class BatchRunner:
+class BatchRunner(LoopThread):
+    thread_name = "modelport-batch"
+    use_uvloop = True
+
     def __init__(self, settings: Settings, store: Store, batch: BatchSettings | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.store = store
         self.batch = batch or BatchSettings()
         self._runs: dict[str, JobRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._stop_requested = False
-        self.ready = threading.Event()
 
     # ---- thread lifecycle -------------------------------------------------------------
-    def start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._thread_main, name="modelport-batch", daemon=True)
-        self._thread.start()
-        self.ready.wait(30)
-
     def stop_thread(self, timeout: float = 30.0) -> None:
         """Stop every job run (finished records are committed first) and the thread."""
-        self._stop_requested = True
-        self.wake()
-        if self._thread:
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        """Look at the store now instead of at the next tick (after an API change)."""
-        if self._loop and self._wake and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wake.set)
+        self._stop_and_join(timeout)
 
     def inflight(self, instance_id: str) -> int:
         """Records being sent to this instance now (the orchestrator drains an instance by this)."""
         return sum(run.inflight.get(instance_id, 0) for run in list(self._runs.values()))
 
-    def _thread_main(self) -> None:
-        try:
-            import uvloop
+    def interval(self) -> float:
+        return self.batch.batch_tick_s
 
-            uvloop.run(self._main())
-        except ImportError:
-            asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+    async def setup(self) -> None:
         self._pool = Pool(max_idle=256)
-        self.ready.set()
-        try:
-            while not self._stop_requested:
-                try:
-                    await self._tick()
-                except Exception:
-                    log.exception("batch runner tick failed; retrying")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.batch.batch_tick_s)
-                self._wake.clear()
-        finally:
-            for run in self._runs.values():
-                run.stop()
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def cleanup(self) -> None:
+        for run in self._runs.values():
+            run.stop()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if hasattr(self, "_pool"):
             await self._pool.aclose()
 
     # ---- the tick ----------------------------------------------------------------------
-    async def _tick(self) -> None:
+    async def tick(self) -> None:
         wanted = await asyncio.to_thread(self._scan)
         for sid in [sid for sid, task in self._tasks.items() if task.done()]:
             del self._tasks[sid], self._runs[sid]

@@ -16,7 +16,6 @@ import concurrent.futures
 import contextlib
 import logging
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session
 from modelport.backends.base import Backend, InstanceHandle, InstanceSpec
 from modelport.control.flavors import resources
 from modelport.control.service_limits import route_fields
+from modelport.loopthread import LoopThread
 from modelport.orchestrator.probes import Prober, ProbeResult
 from modelport.orchestrator.status import LIVE, InstanceView, service_state
 from modelport.packages import HealthConfig, ModelPackage, load_package
@@ -81,8 +81,11 @@ class Gateway:
     post: Callable[..., concurrent.futures.Future[Any]] = field(default=lambda fn, *a: _done(fn(*a)))
 
 
-class Orchestrator:
+class Orchestrator(LoopThread):
+    thread_name = "modelport-orchestrator"
+
     def __init__(self, settings: Settings, store: Store, backend: Backend, gateway: Gateway) -> None:
+        super().__init__()
         self.settings = settings
         self.store = store
         self.backend = backend
@@ -94,56 +97,28 @@ class Orchestrator:
         self._metric_labels: set[tuple[str, str]] = set()
         self._routes_applied: concurrent.futures.Future[Any] | None = None
         self._route_revision = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._stop_requested = False
         self._stop_instances_on_exit = True
         self._last_stats = 0.0
         self._last_llm_stats = 0.0
         self._ticks = 0
-        self.ready = threading.Event()
 
     # ---- thread lifecycle -------------------------------------------------------------
-    def start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._thread_main, name="modelport-orchestrator", daemon=True)
-        self._thread.start()
-        self.ready.wait(30)
-
     def stop_thread(self, stop_instances: bool = True, timeout: float = 120.0) -> None:
         self._stop_instances_on_exit = stop_instances
-        self._stop_requested = True
-        self.wake()
-        if self._thread:
-            self._thread.join(timeout)
+        self._stop_and_join(timeout)
 
-    def wake(self) -> None:
-        """Reconcile now instead of at the next tick (after an API change)."""
-        if self._loop and self._wake and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed between the check and the call
-                self._loop.call_soon_threadsafe(self._wake.set)
+    def interval(self) -> float:
+        return self.settings.reconcile_interval_s
 
-    def _thread_main(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+    async def setup(self) -> None:
         self.prober = Prober()
-        try:
-            await asyncio.to_thread(self._recover)
-            self.ready.set()
-            while not self._stop_requested:
-                try:
-                    await self.tick()
-                except Exception:
-                    log.exception("reconcile tick failed; retrying")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
-                self._wake.clear()
-            await self._shutdown()
-        finally:
-            self.ready.set()
+        await asyncio.to_thread(self._recover)
+
+    async def wind_down(self) -> None:
+        await self._shutdown()
+
+    async def cleanup(self) -> None:
+        if hasattr(self, "prober"):
             await self.prober.aclose()
 
     # ---- recovery and shutdown ---------------------------------------------------------
