@@ -313,24 +313,23 @@ def report_security(results: list[Result], title: str) -> dict[str, float]:
         )
         for r in results
     ]
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for name in titles:
-            table.add_column(name, justify="left" if name == "variant" else "right")
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-    except ImportError:
-        print(title)
-        print(" | ".join(titles))
-        for row in rows:
-            print(" | ".join(row))
+    _print_table(title, titles, rows)
     worst = min(by[v, 32].rps / by["open", 32].rps for v in SECURITY_VARIANTS[1:])
     print(f"security cost at 32 conns: worst variant keeps {worst:.2f} of open req/s  (goal >= 0.90)")
     return {"security_worst_ratio_32": worst}
+
+
+def _print_table(title: str, titles: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A rich table whose first column is left-aligned, the numbers right-aligned."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, name in enumerate(titles):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def report(results: list[Result], title: str) -> dict[str, float]:
@@ -350,21 +349,7 @@ def report(results: list[Result], title: str) -> dict[str, float]:
         for r in results
     ]
     titles = ("target", "conns", "req/s", "p50 ms", "p99 ms", "errors", "CPU µs/req")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for title in titles:
-            table.add_column(title, justify="left" if title == "target" else "right")
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-    except ImportError:
-        print(title)
-        print(" | ".join(titles))
-        for row in rows:
-            print(" | ".join(row))
+    _print_table(title, titles, rows)
     print(f"gateway/direct req/s at 32 conns: {ratio:.2f}  (goal >= 0.50)")
     print(f"added p50 at 1 conn: {added:.3f} ms  (goal <= 0.500 ms)")
     load = os.getloadavg()[0]
